@@ -1,0 +1,42 @@
+# sensorcity: `make demo` and `make test` on a fresh Debian machine; both rest on `make install`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the tests use: the broker, and the QEMU tier's emulator and cross compiler.
+APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev systemd
+APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source systemd-analyze
+
+.PHONY: install demo test test-fast bench system-deps clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+# Debian packages: installed with apt-get when run as root, else one line saying what to run.
+system-deps:
+	@missing=""; for c in $(APT_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	test -f /usr/share/doc/libnewlib-arm-none-eabi/copyright || missing="$$missing newlib"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS)) >/dev/null || exit 1; \
+	  else \
+	    echo "missing:$$missing; run: sudo apt-get install -y $(APT_PKGS)"; exit 1; \
+	  fi; \
+	fi
+
+demo: install
+	$(BIN)/sensorcity demo
+
+test: install system-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install system-deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
