@@ -264,9 +264,6 @@ class Loops:
                 self._flags[k] = f | _HAS_B
                 self._complete(k)
                 return
-            if d > self.timeout_us:  # too late for that A: neither is a vehicle
-                self.unmatched_a += 1
-                self._flags[k] = 0
         self.unmatched_b += 1
 
     def _a_offset(self, lane, t):
@@ -333,7 +330,8 @@ class Loops:
                     self.unmatched_a += 1
                 self._flags[k] = 0
             if self._st[2 * k] != _IDLE and self._st[2 * k] != _RISING:
-                # A occupied across the boundary: its part before t_end counts here
+                # A occupied across the boundary: its part before t_end counts here, the rest
+                # later; moving its start keeps a detector stuck "occupied" within 2**29 us
                 on = self._a_on[k]
                 if ticks_diff(t_end, on) > 0:
                     occ[k] += ticks_diff(t_end, on if ticks_diff(on, t0) > 0 else t0)
