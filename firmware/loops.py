@@ -163,7 +163,6 @@ class Loops:
         self._s_off = array("i", bytes(4 * cap))
         self._s_lane = bytearray(cap)
         self._ns = 0
-        self._scratch = array("f", bytes(4 * cap))  # one lane's speeds, sorted for v85
 
         self._t_start = start_us & _MASK
         # rejected edges and vehicles, by reason (cumulative)
@@ -357,35 +356,49 @@ class Loops:
             n += 1
         self._ns = n
 
-        out = []
-        for k in range(lanes):
-            self._lane_records(out, k, t_end, occ[k], dur)
-        # vehicles that reached A after t_end stay for the next interval
-        n = 0
+        # vehicles that reached A before t_end: to the front, sorted by lane then speed
+        t = self._v_t
+        kmh = self._v_kmh
+        tag = self._v_tag
+        m = 0
         for i in range(self._nv):
-            if ticks_diff(t_end, self._v_t[i]) <= 0:
-                self._v_t[n] = self._v_t[i]
-                self._v_kmh[n] = self._v_kmh[i]
-                self._v_tag[n] = self._v_tag[i]
-                n += 1
+            if ticks_diff(t_end, t[i]) > 0:
+                if i != m:
+                    t[i], t[m] = t[m], t[i]
+                    kmh[i], kmh[m] = kmh[m], kmh[i]
+                    tag[i], tag[m] = tag[m], tag[i]
+                m += 1
+        for i in range(1, m):  # insertion sort: a few dozen vehicles per lane and minute
+            ti, vi, gi = t[i], kmh[i], tag[i]
+            j = i - 1
+            while j >= 0 and (tag[j] >> 2 > gi >> 2 or (tag[j] >> 2 == gi >> 2 and kmh[j] > vi)):
+                t[j + 1], kmh[j + 1], tag[j + 1] = t[j], kmh[j], tag[j]
+                j -= 1
+            t[j + 1], kmh[j + 1], tag[j + 1] = ti, vi, gi
+        out = []
+        lo = 0
+        for k in range(lanes):
+            hi = lo
+            while hi < m and tag[hi] >> 2 == k:
+                hi += 1
+            self._lane_records(out, k, lo, hi, occ[k], dur)
+            lo = hi
+        # the rest reached A after t_end: they wait for the next interval
+        n = self._nv - m
+        for i in range(n):
+            t[i], kmh[i], tag[i] = t[m + i], kmh[m + i], tag[m + i]
         self._nv = n
         self._t_start = t_end
         return out
 
-    def _lane_records(self, out, k, t_end, occ_us, dur):
-        s = self._scratch
+    def _lane_records(self, out, k, lo, hi, occ_us, dur):
+        # this lane's vehicles are kmh[lo:hi], sorted
         cls = [0, 0, 0]
-        n = 0
         total = 0.0
-        for i in range(self._nv):
-            tag = self._v_tag[i]
-            if tag >> 2 == k and ticks_diff(t_end, self._v_t[i]) > 0:
-                v = self._v_kmh[i]
-                cls[tag & 3] += 1
-                total += v
-                if n < len(s):
-                    s[n] = v
-                n += 1
+        for i in range(lo, hi):
+            cls[self._v_tag[i] & 3] += 1
+            total += self._v_kmh[i]
+        n = hi - lo
         p = "lane%d/" % (k + 1)
         out.append((p + "count", "count", n))
         out.append((p + "count_c1", "count", cls[0]))
@@ -393,22 +406,16 @@ class Loops:
         out.append((p + "count_c3", "count", cls[2]))
         if n:
             out.append((p + "speed_mean", "km/h", total / n))
-            out.append((p + "speed_v85", "km/h", v85(s, min(n, len(s)))))
+            out.append((p + "speed_v85", "km/h", v85(self._v_kmh, lo, hi)))
         out.append((p + "occupancy", "%", 100.0 * occ_us / dur if dur else 0.0))
 
 
-def v85(s, n):
-    """85th percentile of s[:n]: sorts s[:n] in place, then interpolates linearly at rank
-    0.85 * (n - 1) (0-based), as numpy.percentile(method="linear") does."""
-    for i in range(1, n):  # insertion sort: n is a lane's vehicles in one interval
-        v = s[i]
-        j = i - 1
-        while j >= 0 and s[j] > v:
-            s[j + 1] = s[j]
-            j -= 1
-        s[j + 1] = v
+def v85(s, lo, hi):
+    """85th percentile of s[lo:hi], sorted ascending: linear interpolation at the 0-based rank
+    0.85 * (n - 1) between the two closest ranks, as numpy.percentile(method="linear") does."""
+    n = hi - lo
     r = 0.85 * (n - 1)
-    lo = int(r)
-    if lo + 1 >= n:
-        return s[n - 1]
-    return s[lo] + (r - lo) * (s[lo + 1] - s[lo])
+    i = int(r)
+    if i + 1 >= n:
+        return s[hi - 1]
+    return s[lo + i] + (r - i) * (s[lo + i + 1] - s[lo + i])

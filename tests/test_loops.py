@@ -261,9 +261,9 @@ def test_v85_matches_numpy_linear_percentile(tmp_path):
     sets.append([50.0, 50.0, 60.0, 60.0])
     script = "import loops, sys\nfrom array import array\n" \
              "for line in sys.stdin:\n" \
-             "    xs = [float(x) for x in line.split()]\n" \
-             "    a = array('d', xs)\n" \
-             "    print(repr(loops.v85(a, len(xs))))\n"
+             "    xs = sorted(float(x) for x in line.split())\n" \
+             "    a = array('d', [-1.0] + xs + [1e9])\n" \
+             "    print(repr(loops.v85(a, 1, len(xs) + 1)))\n"
     path = tmp_path / "v85.py"
     path.write_text(script)
     out = run_micropython(path, stdin="\n".join(" ".join(map(str, s)) for s in sets) + "\n")
