@@ -265,6 +265,7 @@ class P1Reader:
         self._mhave = bytearray(10)
         self._pend = -1  # M-Bus channel whose DSMR 2.2/3 gas value is on the next line
         self._pend_m3 = False
+        self._obis_lines = 0
         self._crc_seen = False  # a meter that sent a CRC once always sends one
         self.on_telegram = None  # called with (values, have) after each valid telegram
         self.telegrams = 0
@@ -358,6 +359,7 @@ class P1Reader:
             self._mhave[k] = 0
         self._pend = -1
         self._pend_m3 = False
+        self._obis_lines = 0
         i = buf.find(b"\n", 0, end) + 1  # the header line is free text
         if i == 0:
             return False
@@ -372,6 +374,8 @@ class P1Reader:
             if k > i and not self._line(buf, i, k, strict):
                 return False
             i = j + 1
+        if strict and not self._obis_lines:
+            return False
         vals = self.values
         for ch in range(1, 10):
             if self._mtype[ch] == _GAS_TYPE and self._mhave[ch]:
@@ -418,6 +422,7 @@ class P1Reader:
         key = (_digits(buf, m2 + 1, m3) << 16) | (_digits(buf, m3 + 1, m4) << 8) | _digits(buf, m4 + 1, p)
         if a < 0 or b < 0 or key < 0:
             return not strict
+        self._obis_lines += 1
         if a == 1 and b == 0:
             fk = _OBIS.get(key)
             if fk is None:
