@@ -1,0 +1,144 @@
+"""The gateway's side of link protocol v1 (docs/protocol.md), written apart from the firmware's.
+
+Wire: COBS(cbor_frame || crc32_le(cbor_frame)) 0x00, where cbor_frame is the CBOR array
+[1, kind, node, seq, body, tag] and tag = HMAC-SHA256(key, bytes of the array before tag)[:8].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cbor2
+
+VERSION = 1
+DATA, ACK, HELLO, TIME, CMD = 0, 1, 2, 3, 4
+KIND_NAMES = {DATA: "data", ACK: "ack", HELLO: "hello", TIME: "time", CMD: "cmd"}
+TAG_LEN = 8
+MAX_FRAME = 1024
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; .reason is the counter it is counted under."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    node: str
+    seq: int
+    body: Any
+
+
+def cobs_encode(data: bytes) -> bytes:
+    out = bytearray()
+    block = bytearray()
+    for b in data:
+        if b == 0:
+            out.append(len(block) + 1)
+            out += block
+            block.clear()
+        else:
+            block.append(b)
+            if len(block) == 254:
+                out.append(255)
+                out += block
+                block.clear()
+    out.append(len(block) + 1)
+    out += block
+    return bytes(out)
+
+
+def cobs_decode(data: bytes) -> bytes:
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        code = data[i]
+        if code == 0 or i + code > n:
+            raise FrameError("cobs")
+        out += data[i + 1:i + code]
+        i += code
+        if code != 255 and i < n:
+            out.append(0)
+    return bytes(out)
+
+
+def tag(key: bytes, signed: bytes) -> bytes:
+    return hmac.new(key, signed, hashlib.sha256).digest()[:TAG_LEN]
+
+
+def encode(key: bytes, kind: int, node: str, seq: int, body: Any) -> bytes:
+    signed = b"\x86" + b"".join(cbor2.dumps(x) for x in (VERSION, kind, node, seq, body))
+    frame = signed + cbor2.dumps(tag(key, signed))
+    return cobs_encode(frame + struct.pack("<I", zlib.crc32(frame))) + b"\x00"
+
+
+def check_crc(cobs: bytes) -> bytes:
+    """COBS bytes (no delimiter) -> the CBOR frame, its CRC checked."""
+    raw = cobs_decode(cobs)
+    if len(raw) < 5:
+        raise FrameError("short")
+    if len(raw) - 4 > MAX_FRAME:
+        raise FrameError("too-long")
+    frame, crc = raw[:-4], struct.unpack("<I", raw[-4:])[0]
+    if zlib.crc32(frame) != crc:
+        raise FrameError("crc")
+    return frame
+
+
+def decode(cobs: bytes, key_for: Callable[[str], bytes | None]) -> Frame:
+    """COBS bytes (no delimiter) -> Frame, or FrameError with the rejection reason."""
+    frame = check_crc(cobs)
+    try:
+        item = cbor2.loads(frame)
+    except Exception as exc:  # cbor2 raises several types on malformed input
+        raise FrameError("schema", "not CBOR") from exc
+    if not (isinstance(item, list) and len(item) == 6 and item[0] == VERSION):
+        raise FrameError("schema", "not a v1 frame")
+    _, kind, node, seq, body, mac = item
+    if kind not in KIND_NAMES or not isinstance(node, str) or type(seq) is not int or seq < 0:
+        raise FrameError("schema", "bad header")
+    if not isinstance(mac, bytes) or len(mac) != TAG_LEN or not frame.endswith(b"\x48" + mac):
+        raise FrameError("schema", "bad tag field")
+    key = key_for(node)
+    if key is None:
+        raise FrameError("unknown-node", node)
+    if not hmac.compare_digest(tag(key, frame[:-1 - TAG_LEN]), mac):
+        raise FrameError("tag", node)
+    return Frame(kind, node, seq, body)
+
+
+class Deframer:
+    """Splits a byte stream at 0x00; bounded: a run longer than the limit is dropped and counted."""
+
+    def __init__(self, limit: int = 2 * MAX_FRAME):
+        self.buf = bytearray()
+        self.limit = limit
+        self.skipping = False
+        self.overflows = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        frames = []
+        while data:
+            cut = data.find(b"\x00")
+            part, data = (data, b"") if cut < 0 else (data[:cut], data[cut + 1:])
+            if not self.skipping:
+                self.buf += part
+                if len(self.buf) > self.limit:
+                    self.buf.clear()
+                    self.skipping = True
+                    self.overflows += 1
+            if cut >= 0:
+                if self.buf and not self.skipping:
+                    frames.append(bytes(self.buf))
+                self.buf.clear()
+                self.skipping = False
+        return frames

@@ -1,0 +1,58 @@
+"""Verify: CRC, the node's tag, sequence and schema. Every rejection is counted by its reason."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import cbor2
+
+from . import frames, senml
+from .registry import Registry
+
+log = logging.getLogger("sensorcity.gateway.verify")
+REASONS = ("cobs", "short", "too-long", "crc", "schema", "unknown-node", "tag", "replayed",
+           "name", "overflow")
+
+
+class Verifier:
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
+        self.accepted = 0
+        self.control_seq: dict[str, int] = {}
+
+    def reject(self, reason: str, detail: str = "") -> None:
+        self.rejected[reason] += 1
+        log.debug("rejected frame: %s %s", reason, detail)
+
+    def check(self, cobs: bytes) -> tuple[frames.Frame, list[senml.Record]] | None:
+        """A verified frame and, for data frames, its resolved records; None if rejected."""
+        try:
+            frame = frames.decode(cobs, self.registry.key_for)
+        except frames.FrameError as exc:
+            self.reject(exc.reason, str(exc))
+            return None
+        records: list[senml.Record] = []
+        if frame.kind == frames.DATA:
+            entry = self.registry.nodes[frame.node]
+            try:
+                records = senml.resolve(frame.body)
+            except senml.SenMLError as exc:
+                self.reject("schema", f"{frame.node}: {exc}")
+                return None
+            if any(not r.n.startswith(entry.base_name) for r in records):
+                self.reject("name", f"{frame.node}: record outside its base name")
+                return None
+        elif frame.kind in (frames.HELLO, frames.ACK):
+            # control frames are never resent: an old sequence number is a replay
+            if frame.seq <= self.control_seq.get(frame.node, -1):
+                self.reject("replayed", f"{frame.node} seq {frame.seq}")
+                return None
+            self.control_seq[frame.node] = frame.seq
+        self.accepted += 1
+        return frame, records
+
+
+def encode_records(records: list[senml.Record]) -> bytes:
+    return cbor2.dumps(senml.pack(records))

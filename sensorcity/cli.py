@@ -1,0 +1,146 @@
+"""The one `sensorcity` command. Each subcommand is a thin layer over a plain function; a
+FatalError becomes one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .errors import FatalError
+
+
+def _gateway_run(a):
+    from .gateway import config as gwconfig
+    from .gateway.service import Gateway
+    cfg = gwconfig.load(a.config or (gwconfig.DEFAULT_PATH if gwconfig.DEFAULT_PATH.exists()
+                                     else None),
+                        listen=a.listen, serial=a.serial, brokers=a.broker, spool=a.spool,
+                        nodes=a.nodes, gateway_id=a.gateway_id)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    asyncio.run(Gateway(cfg).run())
+
+
+def _gateway_check(a):
+    from .gateway import config as gwconfig
+    from .gateway.registry import Registry
+    cfg = gwconfig.load(a.config or gwconfig.DEFAULT_PATH)
+    reg = Registry.load(cfg.nodes)
+    print(f"config ok: gateway {cfg.gateway_id}, {len(cfg.listen)} TCP listeners, "
+          f"{len(cfg.serial)} serial links, {len(reg.nodes)} nodes, brokers {', '.join(cfg.brokers)}")
+
+
+def _provision(a):
+    from .tools.provision import provision
+    cfg = provision(a.node_id, a.sensor, Path(a.registry), Path(a.out), interval=a.interval,
+                    base_name=a.base_name, mac=a.mac, calibration_db=a.calibration,
+                    board=a.board)
+    print(f"provisioned {cfg['node_id']} ({cfg['sensor']}, {cfg['base_name']}): "
+          f"config {a.out}, registry {a.registry}")
+
+
+def _emulate(a):
+    from .tools.emulate import EmulatedNode
+    if a.target != "unix":
+        raise FatalError("--target qemu is not available yet: use --target unix")
+    node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
+                        log=sys.stderr)
+    node.start()
+    print(f"emulating {node.node['node_id']} ({node.node['sensor']}) on {a.port}; Ctrl-C stops",
+          file=sys.stderr)
+    try:
+        node.supervise()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.stop()
+
+
+def _decode(a):
+    from .tools.decode import decode_stream, dumps
+    data = sys.stdin.buffer.read() if a.file in (None, "-") else Path(a.file).read_bytes()
+    key_for = lambda node: None  # noqa: E731
+    if a.nodes:
+        from .gateway.registry import Registry
+        key_for = Registry.load(a.nodes).key_for
+    for obj in decode_stream(data, key_for):
+        print(dumps(obj))
+
+
+def _demo(a):
+    from .tools.demo import run_demo
+    asyncio.run(run_demo(a.nodes, a.seconds, a.broker, a.interval))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sensorcity", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="emulated nodes -> gateway -> MQTT broker, live")
+    d.add_argument("--nodes", type=int, default=3)
+    d.add_argument("--seconds", type=float, default=30)
+    d.add_argument("--broker", help="mqtt://HOST:PORT (default: an embedded broker)")
+    d.add_argument("--interval", type=int, default=2, help="node interval in seconds")
+    d.set_defaults(func=_demo)
+
+    g = sub.add_parser("gateway", help="the gateway service")
+    gsub = g.add_subparsers(dest="gw_command", required=True)
+    gr = gsub.add_parser("run", help="run the gateway")
+    gr.add_argument("--config", help="TOML file (default /etc/sensorcity/gateway.toml)")
+    gr.add_argument("--listen", action="append", help="tcp://HOST:PORT, repeatable")
+    gr.add_argument("--serial", action="append", help="serial device, repeatable")
+    gr.add_argument("--broker", action="append", help="mqtt[s]://HOST:PORT, repeatable (failover)")
+    gr.add_argument("--spool", help="spool directory")
+    gr.add_argument("--nodes", help="node registry written by `sensorcity provision`")
+    gr.add_argument("--gateway-id", help="id in the MQTT topics (default: host name)")
+    gr.set_defaults(func=_gateway_run)
+    gc = gsub.add_parser("check-config", help="check a gateway config and say what it holds")
+    gc.add_argument("--config")
+    gc.set_defaults(func=_gateway_check)
+
+    pr = sub.add_parser("provision", help="a new node: key, config, registry entry")
+    pr.add_argument("--node-id", required=True)
+    pr.add_argument("--sensor", required=True, choices=["noise", "energy", "traffic"])
+    pr.add_argument("--registry", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--interval", type=int, default=60)
+    pr.add_argument("--base-name", help="SenML base name (default: an RFC 9039 URN)")
+    pr.add_argument("--mac", help="the board's MAC, for a urn:dev:mac base name")
+    pr.add_argument("--calibration", type=float, default=0.0, help="noise offset in dB")
+    pr.add_argument("--board", default="esp32-devkitc")
+    pr.set_defaults(func=_provision)
+
+    em = sub.add_parser("emulate", help="run a node's firmware on the emulated board")
+    em.add_argument("--config", required=True)
+    em.add_argument("--port", required=True, help="serial device or tcp://HOST:PORT")
+    em.add_argument("--interval", type=int)
+    em.add_argument("--realtime", action="store_true",
+                    help="sensor input at its real rate (the emulated board always runs on the "
+                         "wall clock; see docs/emulation.md)")
+    em.add_argument("--target", choices=["unix", "qemu"], default="unix")
+    em.add_argument("--heap", default="64k")
+    em.set_defaults(func=_emulate)
+
+    de = sub.add_parser("decode", help="link frames or SenML-CBOR batches to JSON lines")
+    de.add_argument("file", nargs="?")
+    de.add_argument("--nodes", help="registry, to check tags")
+    de.set_defaults(func=_decode)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FatalError as exc:
+        print(f"sensorcity: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The emulated board: the real firmware files in the MicroPython unix port, with a flash image
+(littlefs), a heap limited as on an ESP32, its link on a serial device or TCP, and its sensors fed
+from the host through the `machine` interface (tools/emulator/machine.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import termios
+import threading
+import time
+import tty
+from pathlib import Path
+
+from ..errors import FatalError
+from ..paths import firmware_dir, micropython_bin
+from . import signals
+from .mpy import compile_dir
+
+EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
+FLASH_BLOCKS = 512  # 2 MiB of littlefs, the size of an ESP32-DevKitC's filesystem partition
+TRAFFIC_PINS = (32, 35)
+
+
+def flash_image_for(config: Path) -> Path:
+    return config.with_suffix(".flash.img")
+
+
+def parse_heap(text: str) -> str:
+    t = text.strip().lower().rstrip("b")
+    if not t or not (t[:-1] if t[-1] in "km" else t).isdigit():
+        raise FatalError(f"--heap {text!r}: give bytes or a size like 64k")
+    return t
+
+
+class _Feeder(threading.Thread):
+    """Serves one emulated peripheral on a loopback port and streams its input in real time."""
+
+    def __init__(self, produce, period: float):
+        super().__init__(daemon=True)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.produce = produce
+        self.period = period
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.is_set():
+            try:
+                self.server.settimeout(0.5)
+                conn, _ = self.server.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            with conn:
+                next_t = time.monotonic()
+                try:
+                    while not self.stopped.is_set():
+                        for at, data in self.produce(next_t):
+                            delay = at - time.monotonic()
+                            if delay > 0:
+                                time.sleep(delay)
+                            conn.sendall(data)
+                        next_t += self.period
+                except OSError:
+                    continue  # the board rebooted: wait for it to attach again
+
+    def stop(self):
+        self.stopped.set()
+        self.server.close()
+
+
+def _noise_feeder(rate: int, sens: float, seed: int) -> _Feeder:
+    src = signals.StreetNoise(rate, sens, seed)
+    chunk = rate // 20 * 4
+
+    def produce(t0):
+        sec = src.second()
+        return [(t0 + i * 0.05, sec[i * chunk:(i + 1) * chunk]) for i in range(20)]
+    return _Feeder(produce, 1.0)
+
+
+def _meter_feeder(seed: int) -> _Feeder:
+    meter = signals.Meter(seed)
+    return _Feeder(lambda t0: [(t0, meter.second())], 1.0)
+
+
+def _traffic_feeder(seed: int, spacing: float, loop_length: float) -> _Feeder:
+    lane = signals.Traffic(TRAFFIC_PINS, spacing, loop_length, seed)
+
+    def produce(t0):
+        edges = lane.vehicle(t0 + 0.1) if lane.rng.random() < 0.6 else []
+        return [(t, f"{pin} {state}\n".encode()) for t, pin, state in edges]
+    return _Feeder(produce, 2.0)
+
+
+class EmulatedNode:
+    def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "64k",
+                 seed: int = 0, log=None):
+        self.config = Path(config).resolve()
+        try:
+            self.node = json.loads(self.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise FatalError(f"cannot read node config {config}: {exc}") from exc
+        if interval:
+            self.node["interval"] = int(interval)
+        self.port = port
+        self.heap = parse_heap(heap)
+        self.seed = seed
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.feeders: list[_Feeder] = []
+        self.tty_fd: int | None = None
+        self.boots = 0
+        self._stop = threading.Event()
+
+    def _link(self) -> dict:
+        if self.port.startswith("tcp://"):
+            return {"tcp": self.port[len("tcp://"):]}
+        return {"serial": True}
+
+    def _peripherals(self) -> dict:
+        kind = self.node["sensor"]
+        if kind == "noise":
+            f = _noise_feeder(self.node.get("rate", 48000), self.node.get("mic_sensitivity", -26.0),
+                              self.seed)
+            name = "i2s"
+        elif kind == "energy":
+            f, name = _meter_feeder(self.seed), "uart2"
+        elif kind == "traffic":
+            f = _traffic_feeder(self.seed, self.node.get("loop_spacing", 4.0),
+                                self.node.get("loop_length", 2.0))
+            name = "edges"
+        else:
+            raise FatalError(f"{self.config}: unknown sensor {kind!r}")
+        f.start()
+        self.feeders.append(f)
+        return {name: f.port}
+
+    def start(self):
+        image = flash_image_for(self.config)
+        if not image.exists():
+            image.write_bytes(b"\xff" * FLASH_BLOCKS * 4096)
+        node = dict(self.node, link=self._link())
+        emu = {"flash": str(image), "flash_blocks": FLASH_BLOCKS,
+               "emulator": str(compile_dir(EMULATOR_DIR)),
+               "firmware": str(compile_dir(firmware_dir())), "node": node,
+               "uid": node.get("uid", "a0b1c2d3e4f5")}
+        emu.update(self._peripherals())
+        self.env = dict(os.environ, SENSORCITY_EMU=json.dumps(emu))
+        if not self.port.startswith("tcp://"):
+            try:
+                self.tty_fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            except OSError as exc:
+                raise FatalError(f"cannot open {self.port}: {exc.strerror}") from exc
+            tty.setraw(self.tty_fd, termios.TCSANOW)
+        self._spawn()
+
+    def _spawn(self):
+        self.boots += 1
+        log = self.log or subprocess.DEVNULL
+        serial = self.tty_fd is not None
+        self.proc = subprocess.Popen(
+            [micropython_bin(), "-X", f"heapsize={self.heap}", str(EMULATOR_DIR / "startup.py")],
+            stdin=self.tty_fd if serial else subprocess.DEVNULL,
+            stdout=self.tty_fd if serial else log, stderr=log, env=self.env,
+            cwd=str(EMULATOR_DIR))
+
+    def supervise(self):
+        """Restart the board whenever it resets (watchdog, reboot command, crash), like a board."""
+        while not self._stop.is_set():
+            code = self.proc.wait()
+            if self._stop.is_set():
+                return code
+            time.sleep(0.5)
+            self._spawn()
+
+    def stop(self):
+        self._stop.set()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for f in self.feeders:
+            f.stop()
+        if self.tty_fd is not None:
+            os.close(self.tty_fd)
+            self.tty_fd = None

@@ -1,0 +1,47 @@
+"""Provision a node: a fresh per-node key, its config file and its entry in the gateway registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+from ..errors import FatalError
+from ..gateway.registry import NodeEntry, Registry
+
+SENSORS = ("noise", "energy", "traffic")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+
+
+def base_name_for(node_id: str, mac: str | None = None) -> str:
+    """RFC 9039 URN: urn:dev:mac when the board's MAC is known, else an organisation-scoped one
+    (PEN 32473 is the documentation number of RFC 5612: set your own with --base-name)."""
+    if mac:
+        return f"urn:dev:mac:{mac.replace(':', '').lower()}:"
+    return f"urn:dev:org:32473-sensorcity-{node_id}:"
+
+
+def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: int = 60,
+              base_name: str | None = None, mac: str | None = None, calibration_db: float = 0.0,
+              location: tuple[float, float] | None = None, board: str = "esp32-devkitc") -> dict:
+    if not _ID.match(node_id):
+        raise FatalError(f"node id {node_id!r}: use 1-32 letters, digits, '.', '_' or '-'")
+    if sensor not in SENSORS:
+        raise FatalError(f"sensor {sensor!r}: use one of {', '.join(SENSORS)}")
+    key = secrets.token_bytes(32)
+    cfg = {
+        "node_id": node_id, "key": key.hex(), "sensor": sensor,
+        "base_name": base_name or base_name_for(node_id, mac), "interval": interval,
+        "board": board, "calibration_db": calibration_db,
+    }
+    if location:
+        cfg["location"] = {"lat": location[0], "lon": location[1]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f, indent=1)
+    Registry.add(registry, NodeEntry(node_id, key, cfg["base_name"], sensor))
+    return cfg
