@@ -20,7 +20,7 @@ INTERVAL = 60_000_000
 MASK30 = (1 << 30) - 1
 
 DRIVER = r"""
-import sys, json
+import gc, sys, json
 import loops
 
 lanes, length, spacing, interval, offset, t_stop = [int(a) if i != 1 and i != 2 else float(a)
@@ -32,11 +32,16 @@ idx = 0
 end = interval
 
 
+live = 0
+
+
 def take():
-    global idx, end
+    global idx, end, live
     lp.drain(ring)
     for name, unit, value in lp.take((end + offset) & M):
         print(json.dumps([idx, name, unit, value]))
+    gc.collect()
+    live = max(live, gc.mem_alloc())
     idx += 1
     end += interval
 
@@ -56,7 +61,7 @@ while True:
         lp.drain(ring)
 while end <= t_stop:
     take()
-print(json.dumps({"unmatched_a": lp.unmatched_a, "unmatched_b": lp.unmatched_b,
+print(json.dumps({"live_heap": live, "unmatched_a": lp.unmatched_a, "unmatched_b": lp.unmatched_b,
                   "chatter": lp.chatter, "double": lp.double, "implausible": lp.implausible,
                   "stopped": lp.stopped, "lost": lp.lost, "overflow": lp.overflow, "bad": lp.bad}))
 """
@@ -87,14 +92,16 @@ def driver(tmp_path_factory):
     return path
 
 
-def run(driver, edges, lanes, n_intervals, offset=0, letters=False):
+def run(driver, edges, lanes, n_intervals, offset=0, letters=False, heap="256K"):
     proc = run_micropython(driver, lanes, L, S, INTERVAL, offset, n_intervals * INTERVAL,
-                           stdin=to_csv(edges, letters))
+                           stdin=to_csv(edges, letters), heap=heap)
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
     got = {}
     for idx, name, unit, value in lines[:-1]:
         got[idx, name] = (unit, value)
-    return got, lines[-1]
+    counters = lines[-1]
+    peak = counters.pop("live_heap")  # the most heap in use after a collection, over all takes
+    return got, counters, peak
 
 
 def length_class(length):
@@ -104,22 +111,28 @@ def length_class(length):
 def expected(vehicles, lanes, n_intervals, extra_a_spans=()):
     """vehicles: counted ones (lane, t0, kmh, length); extra_a_spans: (lane, on, off) of A pulses
     that occupy the loop without being counted vehicles."""
-    spans = [(lane, *a_span(t0, kmh, ln)) for lane, t0, kmh, ln in vehicles] + list(extra_a_spans)
+    width = INTERVAL / 1e6
+    mine = {}
+    occ = {}
+    for lane, t0, kmh, ln in vehicles:
+        mine.setdefault((int(t0 // width), lane), []).append((kmh, ln))
+    for lane, on, off in [(v[0], *a_span(*v[1:])) for v in vehicles] + list(extra_a_spans):
+        for i in range(int(on // width), int(off // width) + 1):
+            lo, hi = i * width, (i + 1) * width
+            occ[i, lane] = occ.get((i, lane), 0.0) + max(0.0, min(off, hi) - max(on, lo))
     exp = {}
     for i in range(n_intervals):
-        lo, hi = i * INTERVAL / 1e6, (i + 1) * INTERVAL / 1e6
         for k in range(1, lanes + 1):
-            mine = [(kmh, ln) for lane, t0, kmh, ln in vehicles if lane == k and lo <= t0 < hi]
+            vs = mine.get((i, k), [])
             p = "lane%d/" % k
-            exp[i, p + "count"] = ("count", len(mine))
+            exp[i, p + "count"] = ("count", len(vs))
             for c in (1, 2, 3):
-                exp[i, p + "count_c%d" % c] = ("count", sum(length_class(ln) == c for _, ln in mine))
-            if mine:
-                speeds = [kmh for kmh, _ in mine]
+                exp[i, p + "count_c%d" % c] = ("count", sum(length_class(ln) == c for _, ln in vs))
+            if vs:
+                speeds = [kmh for kmh, _ in vs]
                 exp[i, p + "speed_mean"] = ("km/h", sum(speeds) / len(speeds))
                 exp[i, p + "speed_v85"] = ("km/h", float(np.percentile(speeds, 85, method="linear")))
-            occ = sum(max(0.0, min(off, hi) - max(on, lo)) for lane, on, off in spans if lane == k)
-            exp[i, p + "occupancy"] = ("%", 100.0 * occ / (hi - lo))
+            exp[i, p + "occupancy"] = ("%", 100.0 * occ.get((i, k), 0.0) / width)
     return exp
 
 
@@ -178,7 +191,7 @@ def all_edges(vehicles):
 @pytest.mark.unixport
 def test_two_lanes_random_traffic_and_boundaries(driver):
     vs = scenario(1)
-    got, counters = run(driver, all_edges(vs), lanes=2, n_intervals=4, letters=True)
+    got, counters, _ = run(driver, all_edges(vs), lanes=2, n_intervals=4, letters=True)
     compare(got, expected(vs, 2, 4))
     assert got[3, "lane1/count"][1] == 0 and (3, "lane1/speed_mean") not in got
     assert not any(counters.values()), counters
@@ -191,7 +204,7 @@ def test_ticks_wrap_at_2_30_inside_a_vehicle(driver):
     wrap_at = t0 + 0.5 * S / (kmh / 3.6)  # between its A and B onsets
     offset = (1 << 30) - round(wrap_at * 1e6)
     assert (round(t0 * 1e6) + offset) < (1 << 30) <= round((t0 + S / (kmh / 3.6)) * 1e6) + offset
-    got, counters = run(driver, all_edges(vs), lanes=2, n_intervals=4, offset=offset)
+    got, counters, _ = run(driver, all_edges(vs), lanes=2, n_intervals=4, offset=offset)
     compare(got, expected(vs, 2, 4))
     assert not any(counters.values()), counters
 
@@ -247,11 +260,26 @@ def test_faults_are_counted_and_survived(driver):
         else:  # a repeated "free" on B after it left
             edges.append((tf, 1, 1, 0))
             counts["double"] += 1
-    got, counters = run(driver, edges, lanes=1, n_intervals=4)
+    got, counters, _ = run(driver, edges, lanes=1, n_intervals=4)
     compare(got, expected(good, 1, 4, extra))
     assert counters["chatter"] == chatter
     for k, n in counts.items():
         assert counters[k] == n, (k, counters)
+
+
+def a_day(seed=5):
+    rng = random.Random(seed)
+    return [v for lane in (1, 2) for v in traffic(rng, lane, 0.0, 86400.0, headway=(0.5, 6.0))]
+
+
+@pytest.mark.unixport
+def test_a_day_of_two_lanes_in_a_64k_heap(driver):
+    # about 40 000 vehicles, 160 000 edges, 1440 intervals: every record of every interval
+    vs = a_day()
+    got, counters, peak = run(driver, all_edges(vs), lanes=2, n_intervals=1440, heap="64K")
+    compare(got, expected(vs, 2, 1440))
+    assert not any(counters.values()), counters
+    assert peak < 32 * 1024, peak
 
 
 @pytest.mark.unixport
@@ -269,3 +297,60 @@ def test_v85_matches_numpy_linear_percentile(tmp_path):
     out = run_micropython(path, stdin="\n".join(" ".join(map(str, s)) for s in sets) + "\n")
     for s, line in zip(sets, out.stdout.split()):
         assert float(line) == pytest.approx(np.percentile(s, 85, method="linear"), abs=1e-9)
+
+
+BENCH = r"""
+import time
+from array import array
+import loops
+# 20 000 vehicles on 2 lanes, 60 km/h, 4.5 m, one every 3 s per lane, as edges in arrays
+n = 20000
+t = array("i", bytes(16 * n))
+meta = bytearray(4 * n)
+for i in range(n):
+    lane = 1 + (i & 1)
+    t0 = (i // 2) * 3000000 + (i & 1) * 700000
+    for j, (dt, loop, state) in enumerate(((0, 0, 1), (240000, 1, 1), (390000, 0, 0), (630000, 1, 0))):
+        t[4 * i + j] = (t0 + dt) & 0x3FFFFFFF
+        meta[4 * i + j] = lane << 2 | loop << 1 | state
+lp = loops.Loops(lanes=2)
+start = time.ticks_us()
+for i in range(4 * n):
+    m = meta[i]
+    lp.edge(m >> 2, (m >> 1) & 1, m & 1, t[i])
+us = time.ticks_diff(time.ticks_us(), start)
+print(4 * n, us)
+"""
+
+
+def figures():
+    """The figures docs/traffic.md quotes: a day of two lanes against the oracle, and speed."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "driver.py").write_text(DRIVER)
+    (tmp / "bench.py").write_text(BENCH)
+    vs = a_day()
+    edges = all_edges(vs)
+    t0 = time.perf_counter()
+    got, counters, peak = run(tmp / "driver.py", edges, lanes=2, n_intervals=1440, heap="64K")
+    wall = time.perf_counter() - t0
+    exp = expected(vs, 2, 1440)
+    compare(got, exp)
+    worst = {}
+    for key, (unit, value) in exp.items():
+        name = key[1].split("/")[1]
+        worst[name] = max(worst.get(name, 0.0), abs(got[key][1] - value))
+    print("a day, 2 lanes: %d vehicles, %d edges, 1440 intervals, --heap 64K: %.1f s wall "
+          "(CSV parse, ring, Loops, JSON out), heap in use after GC at most %d bytes"
+          % (len(vs), len(edges), wall, peak))
+    for name in sorted(worst):
+        print("  max |error| %-11s %.3g" % (name, worst[name]))
+    n, us = map(int, run_micropython(tmp / "bench.py", heap="2M").stdout.split())
+    print("Loops.edge alone: %d edges in %.3f s, %.1f us per edge (unix port)" % (n, us / 1e6, us / n))
+
+
+if __name__ == "__main__":
+    figures()
