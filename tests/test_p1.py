@@ -217,6 +217,8 @@ def make_stream(base, rng, count, faults=True, parity=False):
             ["ok"] * 5 + ["flip", "trunc", "overflow"] + ([] if crc_less and not parity else ["flip"]))
         if kind == "flip" and crc_less and not parity:
             kind = "trunc"
+        TALLY[f"telegrams {kind}"] = TALLY.get(f"telegrams {kind}", 0) + 1
+        TALLY["7E1 parity streams"] = TALLY.get("7E1 parity streams", 0) + (k == 0 and parity)
         if kind == "ok":
             valid.append(text)
         elif kind == "overflow":
@@ -265,7 +267,14 @@ def check_stream(tmp_path, stream, valid, injected, spec, seed, mode="exact"):
         fields += len(got)
     total = sum(records(e)["p1_crc_errors"] for e in intervals)
     assert total == injected == counters["crc"] + counters["malformed"] + counters["overflows"], counters
+    for k, v in (("streams", 1), ("bytes", len(stream)), ("telegrams accepted", len(valid)),
+                 ("faults injected and rejected", injected), ("intervals", len(intervals)),
+                 ("values compared", fields)):
+        TALLY[k] = TALLY.get(k, 0) + v
     return fields
+
+
+TALLY = {}  # figures for docs/energy.md: see figures()
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -282,6 +291,8 @@ def test_each_real_telegram_matches_dsmr_parser(tmp_path, name):
         assert got.keys() == want.keys()
         for k, v in want.items():
             assert got[k] == (v if mode == "exact" else pytest.approx(v / 1000, rel=1e-12)), k
+    TALLY["real telegrams"] = TALLY.get("real telegrams", 0) + 1
+    TALLY["real values compared"] = TALLY.get("real values compared", 0) + len(want)
 
 
 def test_heat_meter_is_not_gas_and_water_meter_is_not_gas():
@@ -321,3 +332,24 @@ def test_single_rate_meter_reports_its_register_as_tariff_1(tmp_path, name):
     assert "energy_import_t1" in want and "energy_import_t2" not in want
     stream, valid, injected = make_stream(text, random.Random(name), 30)
     check_stream(tmp_path, stream, valid, injected, spec_for(name), seed=5)
+
+
+def figures():
+    """Runs every test here once and prints what was compared (the figures in docs/energy.md)."""
+    import tempfile
+    for name in FILES:
+        with tempfile.TemporaryDirectory() as d:
+            test_each_real_telegram_matches_dsmr_parser(Path(d), name)
+            test_streams_with_faults_match_dsmr_parser(Path(d), name)
+    for name in ("dsmr_v5_iskra_2mbus.txt", "dsmr_v2_2_iskra_mt382.txt"):
+        with tempfile.TemporaryDirectory() as d:
+            test_clean_stream_in_float_mode(Path(d), name)
+    for name in ("at_sagemcom_t210_d_r.txt", "hu_eon_v5.txt"):
+        with tempfile.TemporaryDirectory() as d:
+            test_single_rate_meter_reports_its_register_as_tariff_1(Path(d), name)
+    for k, v in TALLY.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    figures()
