@@ -1,12 +1,8 @@
 # Traffic from dual presence detectors per lane (loop A upstream, loop B downstream).
 # Definitions, the interval contract and the validation are in docs/traffic.md.
-try:
-    from micropython import const
-except ImportError:  # CPython imports this module too (replay tools, tests)
-    def const(x):
-        return x
-
 from array import array
+
+from micropython import const
 
 # Every time is reduced to 30 bits, the ESP32's ticks_us period, whatever the caller passes (a
 # board's ticks_us, the unix port's 62-bit ticks, or replay's unwrapped microseconds): values stay
@@ -375,7 +371,7 @@ class Loops:
                 t[j + 1], kmh[j + 1], tag[j + 1] = t[j], kmh[j], tag[j]
                 j -= 1
             t[j + 1], kmh[j + 1], tag[j + 1] = ti, vi, gi
-        out = []
+        out = []  # type: list
         lo = 0
         for k in range(lanes):
             hi = lo
