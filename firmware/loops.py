@@ -124,7 +124,7 @@ class Loops:
     """
 
     def __init__(self, lanes=1, loop_length=2.0, loop_spacing=4.0, min_speed=5.0,
-                 max_speed=250.0, max_length=30.0, debounce_ms=10, max_vehicles=256, start_us=0):
+                 max_speed=250.0, max_length=30.0, debounce_ms=20, max_vehicles=256, start_us=0):
         self.lanes = lanes
         self.loop_length = loop_length
         self.loop_spacing = loop_spacing

@@ -263,5 +263,46 @@ def test_start_and_ticks_wrap_inside_a_vehicle():
     near(r["lane1/occupancy"], 100 * 0.325 / 60)
 
 
+def test_garbage_edges_are_survived():
+    # random edges on random loops, times jittering backwards too: no exception, full record
+    # sets, occupancy within 0..100 %
+    import random
+    random.seed(7)
+    lp = loops.Loops(lanes=2)
+    t = 0
+    for i in range(1, 6):
+        while t < i * 60 * S - 30 * S:
+            t += random.randint(0, 400000) - 20000
+            lp.edge(random.randint(0, 3), random.randint(0, 2), random.randint(0, 1), t)
+        out = lp.take(i * 60 * S)
+        r = records(out)
+        assert len(out) >= 10 and 0.0 <= r["lane1/occupancy"] <= 100.0, r
+        assert r["lane1/count"] == r["lane1/count_c1"] + r["lane1/count_c2"] + r["lane1/count_c3"]
+    assert lp.unmatched and lp.chatter and lp.double and lp.bad
+
+
+def test_clean_traffic_after_garbage_is_exact():
+    # nothing of the garbage sticks: the next interval measures two vehicles exactly
+    lp = loops.Loops(lanes=2)
+    import random
+    random.seed(8)
+    t = 0
+    while t < 30 * S:
+        t += random.randint(0, 400000)
+        lp.edge(random.randint(1, 2), random.randint(0, 1), random.randint(0, 1), t)
+    for lane in (1, 2):
+        lp.edge(lane, 0, 0, 31 * S)
+        lp.edge(lane, 1, 0, 31 * S)
+    lp.take(60 * S)
+    vehicle(lp, 65.0, 72.0, 4.5, lane=1)
+    vehicle(lp, 70.0, 36.0, 13.0, lane=2)
+    r = records(lp.take(120 * S))
+    assert (r["lane1/count"], r["lane2/count"], r["lane2/count_c3"]) == (1, 1, 1), r
+    near(r["lane1/speed_mean"], 72.0, 1e-3)
+    near(r["lane2/speed_mean"], 36.0, 1e-3)
+    near(r["lane1/occupancy"], 100 * 0.325 / 60)
+    near(r["lane2/occupancy"], 100 * 1.5 / 60)
+
+
 import mptest
 mptest.run(globals())
