@@ -140,8 +140,7 @@ class Node:
         elif op == "reboot":
             self.reboot_requested = True
 
-    async def reader(self, stream):
-        sr = asyncio.StreamReader(stream)
+    async def reader(self, sr):
         deframer = link.Deframer()
         frames = []
         while True:
@@ -178,7 +177,7 @@ class Node:
     async def serial_link(self):
         rd, self.write = self.hw.console_link()
         self.hello()
-        await self.reader(rd)
+        await self.reader(asyncio.StreamReader(rd))
 
     async def tcp_link(self, host, port):
         delay = 1

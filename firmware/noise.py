@@ -195,7 +195,7 @@ def _run(buf: ptr32, start: int, n: int, st: ptr32) -> int:
             # The sub-block's energy as a float: em * 2**ee, em in [2**29, 2**30).
             em = shi
             ee = 28
-            while em >= 0x40000000:
+            while em >> 30:  # 2**30 is no small int on a 32-bit board
                 em >>= 1
                 ee += 1
             while em < 0x20000000 and (em | slo) != 0:
@@ -235,7 +235,7 @@ def _run(buf: ptr32, start: int, n: int, st: ptr32) -> int:
                     u = fe - ee
                     if u < 31:
                         fm += em >> u
-                    if fm >= 0x40000000:
+                    if fm >> 30:
                         fm >>= 1
                         fe += 1
             if mset == 0:

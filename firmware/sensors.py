@@ -35,27 +35,31 @@ async def noise(node):
 
 
 async def energy(node):
-    from p1 import EnergyInterval, P1Reader
+    from energy import EnergyInterval
+    from p1 import P1Reader
     p1 = P1Reader()
     agg = EnergyInterval(p1)
-    reader = asyncio.StreamReader(node.hw.p1_uart(node.cfg.get("dsmr", 5)))
-    buf = bytearray(512)
-    mv = memoryview(buf)
+    asyncio.create_task(_read_p1(node, p1))
     start = node.interval_start()
     while True:
-        try:
-            n = await asyncio.wait_for_ms(reader.readinto(mv), 1000)
-        except asyncio.TimeoutError:
-            n = 0
-        if n:
-            if p1.feed(mv[:n]):
-                node.progress += 1
+        # intervals close on the clock, whether or not the meter is talking
+        await asyncio.sleep_ms(200)
         now = node.interval_start()
         if now != start:
             records = agg.take()
             if records:
                 node.emit(start, records)
             start = now
+
+
+async def _read_p1(node, p1):
+    reader = asyncio.StreamReader(node.hw.p1_uart(node.cfg.get("dsmr", 5)))
+    buf = bytearray(512)
+    mv = memoryview(buf)
+    while True:
+        n = await reader.readinto(mv)
+        if n and p1.feed(mv[:n]):
+            node.progress += 1
 
 
 async def traffic(node):

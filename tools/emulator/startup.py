@@ -9,6 +9,7 @@ import vfs
 
 _CFG = json.loads(os.getenv("SENSORCITY_EMU"))
 BLOCK = 4096
+_ERASED = b"\xff" * BLOCK  # allocated once: erases happen while the firmware runs
 
 
 class FlashImage:
@@ -34,7 +35,7 @@ class FlashImage:
             return BLOCK
         if op == 6:  # erase
             self.f.seek(arg * BLOCK)
-            self.f.write(b"\xff" * BLOCK)
+            self.f.write(_ERASED)
             return 0
         return 0
 
