@@ -144,20 +144,22 @@ def _scan(st, buf, tab, data, i: int, n: int) -> int:
                 break
             b[pos] = m
             pos += 1
-            crc = (crc >> 8) ^ t[(crc ^ m) & 0xFF]
+            # over the bytes as sent: meters with a CRC are 8N1, so bit 7 is data (and an error)
+            crc = (crc >> 8) ^ t[(crc ^ c) & 0xFF]
             if m == 10:
                 lines += 1
             elif m == 0x21:  # '!': CRC covers '/' up to here
                 state = _CHECK
             continue
-        # after '!': up to four hex digits, ended by the fourth or by any other byte
+        # after '!': up to four hex digits, ended by the fourth or by any other byte (a digit
+        # with bit 7 set too: like the CRC, its digits come from an 8N1 meter)
         v = -1
-        if m >= 0x30 and m <= 0x39:
-            v = m - 0x30
-        elif m >= 0x41 and m <= 0x46:
-            v = m - 0x37
-        elif m >= 0x61 and m <= 0x66:
-            v = m - 0x57
+        if c >= 0x30 and c <= 0x39:
+            v = c - 0x30
+        elif c >= 0x41 and c <= 0x46:
+            v = c - 0x37
+        elif c >= 0x61 and c <= 0x66:
+            v = c - 0x57
         if v < 0:
             ev = _EV_DONE
             s[_TERM] = m

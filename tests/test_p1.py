@@ -228,11 +228,11 @@ def make_stream(base, rng, count, faults=True, parity=False):
             first_line = raw.index(b"\n") + 1
             raw = raw[: rng.randrange(first_line, raw.index(b"!"))]
             injected += 1
-        else:  # one bit flipped between '/' and the end of the CRC (or of the line after '!')
+        else:  # one bit of 8 flipped between '/' and the end of the CRC (or the line end after '!')
             end = raw.index(b"!") + 1 + (len(split(text)[1]) or 1)
             pos = rng.randrange(1, end)
             while True:
-                bit = rng.randrange(8 if parity else 7)
+                bit = rng.randrange(8)
                 if ((raw[pos] ^ (1 << bit)) & 0x7F) != 0x2F:
                     break
             raw = with_parity(raw) if parity else raw

@@ -140,11 +140,12 @@ def test_v22_without_crc_and_with_7e1_parity_bits():
     assert r.feed(bad) == 0 and r.parity_errors == 1 and r.malformed == 1
 
 
-def test_high_bit_on_an_8n1_telegram_is_masked():
+def test_high_bit_on_an_8n1_telegram_fails_its_crc():
     r = p1.P1Reader()
     bad = bytearray(V5)
     bad[200] |= 0x80
-    assert r.feed(bad) == 1 and r.rejected() == 0
+    bad[0] |= 0x80  # a '/' with bit 7 set still starts a telegram
+    assert r.feed(bad + V5) == 1 and r.crc_errors == 1 and r.fragments == 0
 
 
 def test_noise_with_slash_is_a_fragment_not_a_rejection():
