@@ -53,17 +53,16 @@ class EnergyInterval:
         exact=True gives each value as an integer in thousandths of the unit (means rounded half
         up), for encoders that must not pass a 9-digit counter through a 32-bit float.
         """
-        out = []
+        out = []  # type: list
         s = self._sum
         c = self._count
         for name, unit, f, how in QUANTITIES:
             n = c[f]
             if n:
                 if exact:
-                    v = s[f] if n == 1 else (2 * s[f] + n) // (2 * n)
+                    out.append((name, unit, s[f] if n == 1 else (2 * s[f] + n) // (2 * n)))
                 else:
-                    v = s[f] / (n * 1000)
-                out.append((name, unit, v))
+                    out.append((name, unit, s[f] / (n * 1000)))
             s[f] = 0
             c[f] = 0
         rejected = self._reader.rejected()

@@ -229,17 +229,15 @@ def _value(buf, i, k, kind, implied):
         i += 1
     if nd == 0:
         return -1
+    shift = 0
     if star < 0:
         if not implied:
             return -2
-        shift = 0
     else:
-        shift = None
-        for unit, sh in _UNITS[kind]:
+        for unit, shift in _UNITS[kind]:
             if _same(buf, star + 1, k, unit):
-                shift = sh
                 break
-        if shift is None:
+        else:
             return -2
     e = 3 + shift - (dec if dec > 0 else 0)
     if e >= 0:
