@@ -352,5 +352,46 @@ def figures():
     print("Loops.edge alone: %d edges in %.3f s, %.1f us per edge (unix port)" % (n, us / 1e6, us / n))
 
 
+def qemu_paste_script():
+    """tests/mp/test_loops.py with firmware/loops.py inlined, for a board's REPL paste mode (the
+    stock qemu port has no file system and no time module)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    src = (root / "firmware" / "loops.py").read_text()
+    runner = (root / "tests" / "mp" / "mptest.py").read_text()
+    test = (root / "tests" / "mp" / "test_loops.py").read_text()
+    test = test.replace("import loops\n", "").replace("import mptest\nmptest.run(globals())",
+                                                      "run(globals())")
+    stub = ("import sys\nclass _time:\n    @staticmethod\n    def ticks_us():\n"
+            "        return 123456789\nif 'time' not in sys.modules:\n    sys.modules['time'] = _time\n")
+    glue = ("\nclass loops:\n    pass\nfor _n in ('EdgeRing', 'Loops', 'ticks', 'ticks_diff', "
+            "'parse_edge', 'v85'):\n    setattr(loops, _n, globals()[_n])\n")
+    return stub + src + glue + runner + test
+
+
+def qemu(elf):
+    """Run the MicroPython unit tests on the 32-bit Cortex-M3 (mps2-an385) qemu port."""
+    import re
+    import subprocess
+    code = "\r\x05" + qemu_paste_script() + "\x04"
+    proc = subprocess.Popen(["qemu-system-arm", "-machine", "mps2-an385", "-nographic", "-monitor",
+                             "null", "-semihosting", "-kernel", elf], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    out = []
+    proc.stdin.write(code)
+    proc.stdin.flush()
+    for line in proc.stdout:
+        out.append(line)
+        if re.match(r"\d+ passed, \d+ failed", line):
+            break
+    proc.kill()
+    text = "".join(out)
+    print(text[text.rindex("run(globals())"):] if "run(globals())" in text else text)
+
+
 if __name__ == "__main__":
-    figures()
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--qemu":
+        qemu(sys.argv[2])
+    else:
+        figures()

@@ -9,21 +9,25 @@ S = 1000000  # one second in us
 
 
 def vehicle(lp, t0, kmh, length, lane=1, length_loop=2.0, spacing=4.0):
-    # edges of a vehicle at constant speed, front at loop A at t0 (s), fed in time order
+    # edges of a vehicle at constant speed, front at loop A at t0 (s, whole ms), fed in time
+    # order; integer microseconds, so a single-precision float (a board's) loses nothing
     v = kmh / 3.6
-    ev = [(t0, 0, 1), (t0 + (length + length_loop) / v, 0, 0),
-          (t0 + spacing / v, 1, 1), (t0 + (spacing + length_loop + length) / v, 1, 0)]
+    t0 = round(t0 * 1000) * 1000
+    ev = [(t0, 0, 1), (t0 + round((length + length_loop) / v * S), 0, 0),
+          (t0 + round(spacing / v * S), 1, 1),
+          (t0 + round((spacing + length_loop + length) / v * S), 1, 0)]
     ev.sort()
     for t, loop, state in ev:
-        lp.edge(lane, loop, state, round(t * S))
+        lp.edge(lane, loop, state, t)
 
 
 def records(out):
     return dict((n, v) for n, u, v in out)
 
 
-def near(a, b, tol=1e-6):
-    assert abs(a - b) <= tol, (a, b)
+def near(a, b, tol=1e-5):
+    # relative above 1: a board's float is single precision (7 digits)
+    assert abs(a - b) <= tol * max(1.0, abs(b)), (a, b)
 
 
 def test_ring_fifo_wraps_and_counts_overflow():
@@ -104,8 +108,8 @@ def test_one_vehicle_by_hand():
     vehicle(lp, 1.0, 72.0, 4.5)
     r = records(lp.take(60 * S))
     assert (r["lane1/count"], r["lane1/count_c1"], r["lane1/count_c2"], r["lane1/count_c3"]) == (1, 1, 0, 0)
-    near(r["lane1/speed_mean"], 72.0, 1e-3)
-    near(r["lane1/speed_v85"], 72.0, 1e-3)
+    near(r["lane1/speed_mean"], 72.0)
+    near(r["lane1/speed_v85"], 72.0)
     near(r["lane1/occupancy"], 100 * 0.325 / 60)
 
 
@@ -118,9 +122,9 @@ def test_classes_and_v85_by_hand():
     vehicle(lp, 20.0, 90.0, 5.0)   # c1
     r = records(lp.take(60 * S))
     assert (r["lane1/count"], r["lane1/count_c1"], r["lane1/count_c2"], r["lane1/count_c3"]) == (5, 2, 1, 2)
-    near(r["lane1/speed_mean"], 70.0, 1e-3)
+    near(r["lane1/speed_mean"], 70.0)
     # rank 0.85 * 4 = 3.4 in 50 60 70 80 90: 80 + 0.4 * 10
-    near(r["lane1/speed_v85"], 84.0, 1e-3)
+    near(r["lane1/speed_v85"], 84.0)
 
 
 def test_empty_interval_carries_every_lane():
@@ -154,7 +158,7 @@ def test_occupancy_splits_at_the_boundary():
     vehicle(lp, 59.5, 18.0, 4.0)
     r = records(lp.take(60 * S))
     assert r["lane1/count"] == 1
-    near(r["lane1/speed_mean"], 18.0, 1e-3)
+    near(r["lane1/speed_mean"], 18.0)
     near(r["lane1/occupancy"], 100 * 0.5 / 60)
     r = records(lp.take(120 * S))
     assert r["lane1/count"] == 0
@@ -176,7 +180,7 @@ def test_vehicle_stopped_on_loop_a():
     r = records(lp.take(120 * S))
     assert r["lane1/count"] == 1
     near(r["lane1/occupancy"], 100 * (40 + 0.325) / 60)
-    near(r["lane1/speed_mean"], 72.0, 1e-3)
+    near(r["lane1/speed_mean"], 72.0)
 
 
 def test_detector_stuck_occupied_for_twenty_minutes():
@@ -231,7 +235,7 @@ def test_chatter_double_and_bad_edges():
     r = records(lp.take(60 * S))
     assert (lp.chatter, lp.double, lp.bad) == (1, 2, 2)
     assert r["lane1/count"] == 1
-    near(r["lane1/speed_mean"], 72.0, 1e-3)
+    near(r["lane1/speed_mean"], 72.0)
     near(r["lane1/occupancy"], 100 * 0.325 / 60)
 
 
@@ -259,7 +263,7 @@ def test_start_and_ticks_wrap_inside_a_vehicle():
         lp.edge(1, loop, state, (t0 + dt) & M)
     r = records(lp.take((t0 + 30 * S) & M))
     assert r["lane1/count"] == 1
-    near(r["lane1/speed_mean"], 72.0, 1e-3)
+    near(r["lane1/speed_mean"], 72.0)
     near(r["lane1/occupancy"], 100 * 0.325 / 60)
 
 
@@ -298,8 +302,8 @@ def test_clean_traffic_after_garbage_is_exact():
     vehicle(lp, 70.0, 36.0, 13.0, lane=2)
     r = records(lp.take(120 * S))
     assert (r["lane1/count"], r["lane2/count"], r["lane2/count_c3"]) == (1, 1, 1), r
-    near(r["lane1/speed_mean"], 72.0, 1e-3)
-    near(r["lane2/speed_mean"], 36.0, 1e-3)
+    near(r["lane1/speed_mean"], 72.0)
+    near(r["lane2/speed_mean"], 36.0)
     near(r["lane1/occupancy"], 100 * 0.325 / 60)
     near(r["lane2/occupancy"], 100 * 1.5 / 60)
 
