@@ -54,10 +54,12 @@ def encode_into(out, obj):
         for item in obj:
             encode_into(out, item)
     elif isinstance(obj, dict):
+        # keys in RFC 8949 deterministic order (by their encoding), so a frame's bytes do not
+        # depend on the port's dict ordering
         _head(out, 5, len(obj))
-        for k, v in obj.items():
-            encode_into(out, k)
-            encode_into(out, v)
+        for kb, k in sorted((encode(k), k) for k in obj):
+            out.extend(kb)
+            encode_into(out, obj[k])
     else:
         raise TypeError("cbor: cannot encode %s" % type(obj))
     return out

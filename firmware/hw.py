@@ -28,7 +28,7 @@ class Hardware:
     # --- clock -----------------------------------------------------------------------------
     def epoch_ms(self):
         """Wall-clock milliseconds since 1970 (set from the gateway's time frames)."""
-        return (time.time() + self.base) * 1000 + self._offset_ms
+        return int((time.time() + self.base) * 1000) + self._offset_ms
 
     def set_epoch_ms(self, ms):
         # machine.RTC keeps whole seconds; the rest is held here.
@@ -36,9 +36,10 @@ class Hardware:
         tm = time.gmtime(secs)
         try:
             machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
-            self._offset_ms = ms - (time.time() + self.base) * 1000
         except (OSError, AttributeError):
-            self._offset_ms = ms - (time.time() + self.base) * 1000
+            pass
+        self._offset_ms = 0
+        self._offset_ms = ms - self.epoch_ms()
 
     # --- link ------------------------------------------------------------------------------
     def console_link(self):

@@ -2,11 +2,7 @@
 import asyncio
 import time
 
-from micropython import const
-
 import board
-
-TRAFFIC_GRACE_MS = const(2000)  # a vehicle on loop A at the boundary reaches loop B within this
 
 
 async def noise(node):
@@ -67,25 +63,29 @@ async def traffic(node):
     cfg = node.cfg
     lanes = cfg.get("lanes", 1)
     ring = EdgeRing(256)
-    det = Loops(lanes, cfg.get("loop_length", 2.0), cfg.get("loop_spacing", 4.0))
-    pins = node.hw.loop_inputs(lanes, ring)  # noqa: F841 (kept alive: their IRQs fill the ring)
     start = node.interval_start()
-    boundary_us = None
+    start_us = time.ticks_add(time.ticks_us(), -(node.hw.epoch_ms() - start * 1000) * 1000)
+    det = Loops(lanes, cfg.get("loop_length", 2.0), cfg.get("loop_spacing", 4.0),
+                min_speed=cfg.get("min_speed", 5.0), start_us=start_us)
+    pins = node.hw.loop_inputs(lanes, ring)  # noqa: F841 (kept alive: their IRQs fill the ring)
+    pending = []  # (interval start, its end in ticks_us, when it may close in ticks_ms)
     while True:
         await asyncio.sleep_ms(100)
         det.drain(ring)
         node.progress += 1
         now = node.interval_start()
-        if now != start and boundary_us is None:
-            # the boundary in ticks; the interval closes a grace period later
-            late_ms = node.hw.epoch_ms() - now * 1000
-            boundary_us = time.ticks_add(time.ticks_us(), -late_ms * 1000)
-            closing = start
+        if now != start:
+            # the boundary in ticks; the interval closes once its last vehicle can have reached
+            # loop B (Loops.grace_us later)
+            late_us = (node.hw.epoch_ms() - now * 1000) * 1000
+            end_us = time.ticks_add(time.ticks_us(), -late_us)
+            pending.append((start, end_us, time.ticks_add(time.ticks_ms(), det.grace_us // 1000)))
             start = now
-            grace_until = time.ticks_add(time.ticks_ms(), TRAFFIC_GRACE_MS)
-        if boundary_us is not None and time.ticks_diff(time.ticks_ms(), grace_until) >= 0:
-            node.emit(closing, det.take(boundary_us))
-            boundary_us = None
+        while pending and time.ticks_diff(time.ticks_ms(), pending[0][2]) >= 0:
+            t, end_us, _ = pending.pop(0)
+            det.drain(ring)
+            node.emit(t, [(n, u, round(v, 2) if isinstance(v, float) else v)
+                          for n, u, v in det.take(end_us)])
 
 
 def pipeline(kind):

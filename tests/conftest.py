@@ -20,7 +20,7 @@ def run_micropython(script, *args, heap="256K", path=(), stdin=None, timeout=300
     env["MICROPYPATH"] = os.pathsep.join([str(p) for p in path] + [str(FIRMWARE), str(MP_TESTS), ".frozen"])
     proc = subprocess.run(
         [MICROPYTHON, "-X", f"heapsize={heap}", str(script), *map(str, args)],
-        input=stdin, capture_output=True, env=env, timeout=timeout,
+        input=stdin, capture_output=True, env=env, timeout=timeout, cwd=str(ROOT),
         text=not isinstance(stdin, bytes),
     )
     if proc.returncode != 0:

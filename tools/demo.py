@@ -4,6 +4,7 @@ live view of the readings arriving and a one-line summary at the end."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import tempfile
@@ -39,8 +40,8 @@ async def _watch(broker_url: str, version: int, prefix: str, seen: Counter, node
                         seen[q] += 1
                         if q in SHOW:
                             stamp = time.strftime("%H:%M:%S", time.localtime(r.t))
-                            node = base.rsplit("-", 1)[-1]
-                            print(f"{stamp}  {node:<8} {q:<18} {r.v:>10} {r.u or ''}", file=out,
+                            node = base.split("sensorcity-")[-1]
+                            print(f"{stamp}  {node:<16} {q:<18} {r.v:>10} {r.u or ''}", file=out,
                                   flush=True)
         except aiomqtt.MqttError:
             await asyncio.sleep(0.5)
@@ -62,7 +63,11 @@ async def run_demo(nodes: int = 3, seconds: float = 30, broker: str | None = Non
     for i in range(nodes):
         kind = SENSORS[i % len(SENSORS)]
         cfg_path = work / f"node-{i + 1}.json"
-        provision(f"demo-{kind}-{i + 1}", kind, registry, cfg_path, interval=interval)
+        node_cfg = provision(f"demo-{kind}-{i + 1}", kind, registry, cfg_path, interval=interval)
+        if kind == "traffic":
+            # a street's slowest vehicle at 20 km/h closes each interval within 6 s, not 23 s
+            node_cfg["min_speed"] = 20.0
+            cfg_path.write_text(json.dumps(node_cfg))
         configs.append(cfg_path)
     cfg = Config(gateway_id="demo", listen=["tcp://127.0.0.1:0"], brokers=[broker],
                  mqtt_version=version, spool=str(work / "spool"), nodes=str(registry),

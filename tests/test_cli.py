@@ -1,0 +1,57 @@
+"""The CLI: provision writes a 0600 config and registry and never prints a key; bad input gets one
+line and exit code 2; decode turns a capture into JSON lines."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from sensorcity.gateway import frames
+
+SENSORCITY = str(Path(sys.executable).parent / "sensorcity")
+
+
+def run(*args, stdin=None):
+    return subprocess.run([SENSORCITY, *args], capture_output=True, text=stdin is None or
+                          isinstance(stdin, str), input=stdin, timeout=60)
+
+
+def test_provision_writes_private_files_and_hides_the_key(tmp_path):
+    p = run("provision", "--node-id", "asn-1", "--sensor", "noise", "--registry",
+            str(tmp_path / "reg.json"), "--out", str(tmp_path / "asn-1.json"))
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((tmp_path / "asn-1.json").read_text())
+    reg = json.loads((tmp_path / "reg.json").read_text())
+    assert reg["nodes"]["asn-1"]["key"] == cfg["key"] and len(bytes.fromhex(cfg["key"])) == 32
+    assert cfg["key"] not in p.stdout + p.stderr
+    for f in ("asn-1.json", "reg.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / f).st_mode) == 0o600
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "gw.toml"
+    bad.write_text("listen = [\"udp://x\"]\n")
+    for args in (["provision", "--node-id", "bad id!", "--sensor", "noise", "--registry",
+                  str(tmp_path / "r.json"), "--out", str(tmp_path / "n.json")],
+                 ["gateway", "check-config", "--config", str(bad)],
+                 ["gateway", "check-config", "--config", str(tmp_path / "missing.toml")],
+                 ["emulate", "--config", str(tmp_path / "missing.json"), "--port", "tcp://x:1"]):
+        p = run(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_decode_prints_frames_as_json_lines(tmp_path):
+    key = bytes(32)
+    wire = frames.encode(key, frames.DATA, "n1", 7, [{-2: "urn:dev:mac:0011:", -3: 1795000000,
+                                                       0: "LAeq", 1: "dB", 2: 55.5}])
+    cap = tmp_path / "cap.bin"
+    cap.write_bytes(b"noise\x00" + wire + wire[:10] + b"\x00")
+    p = run("decode", str(cap))
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    ok = [x for x in lines if x.get("kind") == "data"]
+    assert ok[0]["records"] == [{"n": "urn:dev:mac:0011:LAeq", "u": "dB", "v": 55.5,
+                                 "t": 1795000000}]
+    assert any("error" in x for x in lines)
