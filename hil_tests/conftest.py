@@ -1,20 +1,13 @@
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SENSORCITY = str(Path(sys.executable).parent / "sensorcity")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from mprun import *  # noqa: F401,F403 (both tiers' conftest modules offer the same helpers)
+from rig import free_port
 
 
 @pytest.fixture
