@@ -54,7 +54,7 @@ async def _read_p1(node, p1):
     mv = memoryview(buf)
     while True:
         n = await reader.readinto(mv)
-        if n and p1.feed(mv[:n]):
+        if n and p1.feed(buf, n):  # no slice: nothing allocated per read
             node.progress += 1
 
 

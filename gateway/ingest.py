@@ -80,7 +80,13 @@ async def serve_serial(device: str, handle: Handler, baud: int = 115200):
                 except BlockingIOError:
                     continue
                 if not data:
-                    raise OSError("device closed")
+                    # a tty reads 0 bytes when idle (VMIN=0) and when hung up: only a device
+                    # that is gone (USB unplug) ends the link
+                    if not os.path.exists(device):
+                        raise OSError("device removed")
+                    await asyncio.sleep(0.05)
+                    readable.set()
+                    continue
                 for cobs in link.deframer.feed(data):
                     await handle(link, cobs)
         except OSError as exc:

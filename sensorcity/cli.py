@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _emulate(a):
         raise FatalError("--target qemu is not available yet: use --target unix")
     node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
                         log=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     node.start()
     print(f"emulating {node.node['node_id']} ({node.node['sensor']}) on {a.port}; Ctrl-C stops",
           file=sys.stderr)
