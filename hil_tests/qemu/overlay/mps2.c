@@ -67,8 +67,11 @@ static uint32_t heap_arg;
 
 // Move received bytes into the ring; runs in the RX interrupt and, with interrupts off, from the
 // reader when it has made room in a ring that had masked its interrupt.
+// The interrupt flag is cleared before reading: a byte that QEMU delivers after the last look at
+// RXFULL sets it again, so its interrupt is not lost (QEMU's main loop runs beside the CPU).
 static void uart_drain(int n) {
     rx_ring_t *r = &rings[n];
+    r->regs->INTSTATUS = UART_INT_RX;
     while (r->regs->STATE & UART_STATE_RXFULL) {
         if (r->head - r->tail > r->mask) {
             r->regs->CTRL &= ~UART_CTRL_RX_INTEN;
@@ -82,7 +85,6 @@ static void uart_drain(int n) {
         r->buf[r->head & r->mask] = c;
         r->head = r->head + 1;
     }
-    r->regs->INTSTATUS = UART_INT_RX;
 }
 
 void SysTick_Handler(void) {
@@ -131,9 +133,11 @@ int mps2_uart_rx_chr(int n) {
     int c = r->buf[r->tail & r->mask];
     r->tail = r->tail + 1;
     if (!(r->regs->CTRL & UART_CTRL_RX_INTEN)) {
+        // Unmask first, then take the byte that waited: one arriving in between raises the
+        // interrupt, which runs after cpsie.
         __asm volatile ("cpsid i");
-        uart_drain(n);
         r->regs->CTRL |= UART_CTRL_RX_INTEN;
+        uart_drain(n);
         __asm volatile ("cpsie i");
     }
     return c;
