@@ -18,6 +18,11 @@ source_version() {
     apt-cache showsrc micropython 2>/dev/null | awk '/^Version:/ {print $2}' | grep "^$upstream" | sort -V | tail -n 1
 }
 
+# One run at a time (apt's lists and the build); whoever waited finds the other's result.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock"
+flock 9
+
 version=$(source_version)
 if [ -z "$version" ]; then
     [ "$(id -u)" = 0 ] || { log "no deb-src for micropython $upstream; run as root once"; exit 2; }
@@ -31,15 +36,6 @@ fi
 recipe_hash=$(cd "$here" && cat build.sh micropython-qemu.patch manifest.py _boot.py overlay/* | sha256sum | cut -c1-12)
 key="$version-$(arm-none-eabi-gcc -dumpversion)-$recipe_hash"
 out="$cache_root/$key"
-if [ -f "$out/firmware.elf" ]; then
-    echo "$out/firmware.elf"
-    exit 0
-fi
-
-mkdir -p "$cache_root"
-# One build at a time; whoever waited finds the result made by the other.
-exec 9>"$cache_root/.lock"
-flock 9
 if [ -f "$out/firmware.elf" ]; then
     echo "$out/firmware.elf"
     exit 0
