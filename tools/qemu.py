@@ -47,6 +47,7 @@ class QemuBoard:
 
     heap: GC heap in bytes (default 140 KiB, what an ESP32 leaves free). ticks_us: the boot value
     of the microsecond clock, to reach the 2^30 wrap of ticks_ms/ticks_us in seconds.
+    qemu_args: QEMU options in place of `-monitor null`, e.g. a monitor socket to inspect a hang.
     """
 
     def __init__(self, elf=None, heap=None, ticks_us=None, boot_timeout=20, qemu_args=()):
