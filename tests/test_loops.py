@@ -370,28 +370,53 @@ def qemu_paste_script():
 
 
 def qemu(elf):
-    """Run the MicroPython unit tests on the 32-bit Cortex-M3 (mps2-an385) qemu port."""
+    """Run the MicroPython unit tests on the 32-bit Cortex-M3 (mps2-an385) qemu port; its output."""
     import re
     import subprocess
+    import time
     code = "\r\x05" + qemu_paste_script() + "\x04"
     proc = subprocess.Popen(["qemu-system-arm", "-machine", "mps2-an385", "-nographic", "-monitor",
-                             "null", "-semihosting", "-kernel", elf], stdin=subprocess.PIPE,
+                             "null", "-semihosting", "-kernel", str(elf)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    out = []
-    proc.stdin.write(code)
-    proc.stdin.flush()
-    for line in proc.stdout:
-        out.append(line)
-        if re.match(r"\d+ passed, \d+ failed", line):
-            break
-    proc.kill()
+    try:
+        seen = ""
+        while not seen.endswith(">>> "):  # input before the REPL is up is lost
+            c = proc.stdout.read(1)
+            if not c:
+                raise RuntimeError("qemu ended before its prompt: " + seen)
+            seen += c
+        for i in range(0, len(code), 256):  # the UART has no flow control: no faster than it reads
+            proc.stdin.write(code[i:i + 256])
+            proc.stdin.flush()
+            time.sleep(0.05)
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if re.match(r"\d+ passed, \d+ failed", line):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
     text = "".join(out)
-    print(text[text.rindex("run(globals())"):] if "run(globals())" in text else text)
+    return text[text.rindex("run(globals())"):] if "run(globals())" in text else text
+
+
+@pytest.mark.qemu
+def test_unit_tests_on_the_32_bit_qemu_port():
+    # 31-bit small ints and single-precision floats, as on an ESP32
+    import re
+    import subprocess
+    from conftest import ROOT
+    build = subprocess.run(["sh", str(ROOT / "hil_tests" / "qemu" / "build.sh")],
+                           capture_output=True, text=True, check=True)
+    out = qemu(build.stdout.strip().splitlines()[-1])
+    tests = re.findall(r"^def test_", (ROOT / "tests" / "mp" / "test_loops.py").read_text(), re.M)
+    assert "%d passed, 0 failed" % len(tests) in out, out
 
 
 if __name__ == "__main__":
     import sys
     if len(sys.argv) == 3 and sys.argv[1] == "--qemu":
-        qemu(sys.argv[2])
+        print(qemu(sys.argv[2]))
     else:
         figures()
