@@ -67,14 +67,15 @@ class EdgeRing:
 
 def parse_edge(line):
     """One line of a `t,lane,loop,state` edge CSV -> (lane, loop, state, t_us), ready for
-    Loops.edge(); None for a blank line, a comment (#) or the header. t is seconds from the start;
-    t_us is exact integer microseconds (no float: a board's single-precision float would lose
-    milliseconds after a few hours). loop is A/B or 0/1. Raises ValueError on a malformed line."""
-    line = line.strip()
+    Loops.edge(); None for a blank line, a comment (#) or the header; further columns are
+    ignored. t is seconds from the start; t_us is exact integer microseconds (no float: a board's
+    single-precision float would lose milliseconds after a few hours). loop is A/B or 0/1.
+    Raises ValueError on a malformed line."""
+    line = line.strip().lstrip("\ufeff")
     if not line or line[0] == "#":
         return None
     f = line.split(",")
-    if len(f) != 4:
+    if len(f) < 4:  # columns after the fourth are ignored
         raise ValueError("edge line needs t,lane,loop,state: %r" % line)
     ts = f[0].strip()
     if ts and (ts[0].isalpha() or ts[0] == '"'):

@@ -92,9 +92,10 @@ def test_parse_edge_forms():
     assert p("1e-3,1,0,1") == (1, 0, 1, 1000)
     assert p("86399.999999,4,B,1") == (4, 1, 1, 86399999999)
     assert p(".25,1,a,1.0") == (1, 0, 1, 250000)
-    for skip in ("t,lane,loop,state", "", "  \n", "# recorded 2026-05-01"):
+    assert p("7.5,3,B,0,car 12") == (3, 1, 0, 7500000)
+    for skip in ("t,lane,loop,state", "\ufefft,lane,loop,state", "", "  \n", "# recorded 2026-05-01"):
         assert p(skip) is None
-    for bad in ("1,2,C,1", "12", "1,2,3", "1.2.3,1,A,1", "x1,1,A,1x,"):
+    for bad in ("1,2,C,1", "12", "1,2,3", "1.2.3,1,A,1", "1x,1,A,1", "1,1,A,x"):
         try:
             p(bad)
         except ValueError:
