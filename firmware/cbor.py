@@ -3,6 +3,15 @@
 import struct
 
 
+class Decimal:
+    """m * 10**e, encoded as a CBOR decimal fraction (tag 4): exact where a board's 32-bit float
+    is not (a 9-digit meter counter in kWh with its Wh digits)."""
+
+    def __init__(self, m, e):
+        self.m = m
+        self.e = e
+
+
 def _head(out, major, n):
     if n < 24:
         out.append((major << 5) | n)
@@ -42,6 +51,11 @@ def encode_into(out, obj):
         else:
             out.append(0xFB)
             out.extend(struct.pack(">d", obj))
+    elif isinstance(obj, Decimal):
+        out.append(0xC4)
+        out.append(0x82)
+        encode_into(out, obj.e)
+        encode_into(out, obj.m)
     elif isinstance(obj, str):
         b = obj.encode()
         _head(out, 3, len(b))
@@ -144,7 +158,20 @@ def _decode(buf, i, depth):
             v, i = _decode(buf, i, depth + 1)
             d[k] = v
         return d, i
-    raise ValueError("cbor: tags not supported")
+    if major == 6 and n == 4:  # decimal fraction [exponent, mantissa]
+        v, i = _decode(buf, i, depth + 1)
+        if not (isinstance(v, list) and len(v) == 2):
+            raise ValueError("cbor: bad decimal fraction")
+        return Decimal(v[1], v[0]), i
+    raise ValueError("cbor: unsupported tag")
+
+
+def decode_at(buf, i):
+    """(item, index after it) for the item starting at buf[i]."""
+    try:
+        return _decode(buf, i, 0)
+    except IndexError:
+        raise ValueError("cbor: truncated")
 
 
 def decode(buf):

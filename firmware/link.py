@@ -114,7 +114,11 @@ def parse_frame(body, key_for):
 
 def frame_seq(wire):
     """The sequence number of one of our own wire frames (as kept in the store)."""
-    return cbor.decode(split_frame(cobs_decode(wire[:-1])))[3]
+    buf = split_frame(cobs_decode(wire[:-1]))
+    i = 1  # past the array head; skip version, kind and node, read seq: the body stays unparsed
+    for _ in range(3):
+        i = cbor.decode_at(buf, i)[1]
+    return cbor.decode_at(buf, i)[0]
 
 
 class Deframer:

@@ -13,6 +13,7 @@ from levels import Histogram
 
 # State words (array "i"); signed ones are read in viper through the 16-bit halves, because a
 # ptr32 load zero-extends on the 64-bit unix port.
+_SINE_DB = 3.0103  # 20 log10(sqrt(2)): a full-scale sine's RMS is 3.01 dB below full scale
 _XP = const(0)    # previous input sample, 2**-3 of the raw word
 _YA = const(1)    # section outputs: hp F1, hp F1, eq, hp F2, hp F3, lp, lp
 _YB = const(2)
@@ -343,9 +344,11 @@ class NoiseMeter:
         st[_K2M], st[_K2E] = _soft((1.0 - a) / self._nsub)
         self._st = st
         # dB SPL = 10 log10(mean z**2) - 20 log10(z full scale) - 20 log10(|H(1 kHz)|)
-        #          - sensitivity + 94 + offset
+        #          + 3.01 - sensitivity + 94 + offset
+        # dBFS as MEMS datasheets and AES17 define it: 0 dBFS is a full-scale sine, whose RMS is
+        # full scale / sqrt(2); so a -26 dBFS microphone's 94 dB tone peaks at -26 dB of full scale.
         self._k = (-_Z_FS_DB - 20.0 * math.log10(aweight.gain(q, 1000.0, rate))
-                   - sensitivity_dbfs + 94.0 + offset_db)
+                   + _SINE_DB - sensitivity_dbfs + 94.0 + offset_db)
         self._hist = Histogram()
         self._warm = False
         self._acc = 0      # energy of the interval's completed blocks

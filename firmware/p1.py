@@ -56,6 +56,7 @@ _OBIS = {
     _key(51, 7, 0): (CURRENT_L1 + 1) * 8 + _AMP,
     _key(71, 7, 0): (CURRENT_L1 + 2) * 8 + _AMP,
 }
+_CLOCK = const(0x010000)  # 0-0:1.0.0, the meter's time
 _MBUS_TYPE = const(0x180100)  # 0-n:24.1.0
 _MBUS_NL = const(0x180201)  # 0-n:24.2.1, temperature-corrected volume
 _MBUS_BE = const(0x180203)  # 0-n:24.2.3, Belgian uncorrected volume
@@ -184,6 +185,26 @@ def _scan(st, buf, tab, data, i: int, n: int) -> int:
     return i
 
 
+_CUM = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334)
+
+
+def _clock(buf, i, k):
+    # YYMMDDhhmmssX (X: W winter = UTC+1, S summer = UTC+2, as DSMR gives Dutch time) -> seconds
+    # since 2000-01-01 UTC; -1 if malformed. Only differences matter to the node.
+    if k - i != 13:
+        return -1
+    f = [_digits(buf, i + 2 * n, i + 2 * n + 2) for n in range(6)]
+    if min(f) < 0 or not 1 <= f[1] <= 12:
+        return -1
+    y, mo = f[0], f[1]
+    # days since 2000-01-01 (years 2000-2099: every fourth year is a leap year)
+    days = 365 * y + (y + 3) // 4 + _CUM[mo - 1] + f[2] - 1
+    if mo > 2 and y % 4 == 0:
+        days += 1
+    off = 7200 if buf[k - 1] == 0x53 else 3600
+    return days * 86400 + f[3] * 3600 + f[4] * 60 + f[5] - off
+
+
 def _digits(buf, i, k):
     # Unsigned decimal at buf[i:k]; -1 if empty or not all digits.
     if i >= k:
@@ -266,6 +287,8 @@ class P1Reader:
         self._pend = -1  # M-Bus channel whose DSMR 2.2/3 gas value is on the next line
         self._pend_m3 = False
         self._obis_lines = 0
+        self.clock = -1  # the last valid telegram's 0-0:1.0.0 in seconds (UTC, since 2000), or -1
+        self._clock = -1
         self._crc_seen = False  # a meter that sent a CRC once always sends one
         self.on_telegram = None  # called with (values, have) after each valid telegram
         self.telegrams = 0
@@ -344,6 +367,7 @@ class P1Reader:
         if nd:
             self._crc_seen = True
         self.telegrams += 1
+        self.clock = self._clock
         if self.on_telegram is not None:
             self.on_telegram(self.values, self.have)
         return 1
@@ -360,6 +384,7 @@ class P1Reader:
         self._pend = -1
         self._pend_m3 = False
         self._obis_lines = 0
+        self._clock = -1
         i = buf.find(b"\n", 0, end) + 1  # the header line is free text
         if i == 0:
             return False
@@ -436,6 +461,10 @@ class P1Reader:
             if v >= 0:
                 self.values[fk >> 3] = v
                 self.have[fk >> 3] = 1
+            return True
+        if a == 0 and b == 0 and key == _CLOCK:
+            q = buf.find(b")", p, k)
+            self._clock = _clock(buf, p + 1, q) if q > 0 else -1
             return True
         if a != 0 or b < 1 or b > 9:
             return True

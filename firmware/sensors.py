@@ -3,6 +3,22 @@ import asyncio
 import time
 
 import board
+from cbor import Decimal
+
+
+def noise_records(quantities, levels):
+    return [(q, "dB", round(v, 2)) for q, v in zip(quantities, levels)]
+
+
+def energy_records(exact):
+    """EnergyInterval.take(exact=True) -> records; values in thousandths go on the link as decimal
+    fractions, so no 32-bit float rounds a meter's counter."""
+    return [(n, u, v if u == "count" else Decimal(v, -3)) for n, u, v in exact]
+
+
+def traffic_records(records):
+    # a board's float holds about 7 digits: 3 decimals keep km/h and % as measured
+    return [(n, u, round(v, 3) if isinstance(v, float) else v) for n, u, v in records]
 
 
 async def noise(node):
@@ -25,7 +41,7 @@ async def noise(node):
         if now != start:
             levels = meter.take()
             if whole and levels:
-                node.emit(start, [(q, "dB", round(v, 2)) for q, v in zip(meter.QUANTITIES, levels)])
+                node.emit(start, noise_records(meter.QUANTITIES, levels))
             start = now
             whole = True
 
@@ -42,9 +58,7 @@ async def energy(node):
         await asyncio.sleep_ms(200)
         now = node.interval_start()
         if now != start:
-            records = agg.take()
-            if records:
-                node.emit(start, records)
+            node.emit(start, energy_records(agg.take(exact=True)))
             start = now
 
 
@@ -84,8 +98,7 @@ async def traffic(node):
         while pending and time.ticks_diff(time.ticks_ms(), pending[0][2]) >= 0:
             t, end_us, _ = pending.pop(0)
             det.drain(ring)
-            node.emit(t, [(n, u, round(v, 2) if isinstance(v, float) else v)
-                          for n, u, v in det.take(end_us)])
+            node.emit(t, traffic_records(det.take(end_us)))
 
 
 def pipeline(kind):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 # CBOR labels, RFC 8428 section 6
 BVER, BN, BT, BU, BV, BS = -1, -2, -3, -4, -5, -6
@@ -58,6 +59,8 @@ def resolve(pack, now: float = 0.0) -> list[Record]:
             raise SenMLError(f"{name}: a record needs exactly one value")
         if values:
             value = rec[values[0]]
+            if isinstance(value, Decimal):  # a decimal fraction (tag 4): exact on the link
+                value = float(value) if value.is_finite() else math.nan
             if values[0] == V:
                 if not _is_num(value) or (isinstance(value, float) and not math.isfinite(value)):
                     raise SenMLError(f"{name}: value is not a finite number")

@@ -71,6 +71,23 @@ def _decode(a):
         print(dumps(obj))
 
 
+def _replay(a):
+    import json as _json
+    from .tools.replay import replay
+    source = getattr(a, {"noise": "wav", "energy": "p1", "traffic": "edges"}[a.kind])
+    for rec in replay(a.kind, Path(source), interval=a.interval, board=a.board, heap=a.heap,
+                      target=a.target, mic=getattr(a, "mic", None),
+                      mic_sensitivity=getattr(a, "mic_sensitivity", None),
+                      loop_length=getattr(a, "loop_length", 2.0),
+                      loop_spacing=getattr(a, "loop_spacing", 4.0),
+                      lanes=getattr(a, "lanes", None)):
+        if "counters" in rec:
+            print("replay: " + " ".join(f"{k}={v}" for k, v in rec["counters"].items()),
+                  file=sys.stderr)
+        else:
+            print(_json.dumps({"n": rec["n"], "u": rec.get("u"), "v": rec["v"], "t": rec["t"]}))
+
+
 def _demo(a):
     from .tools.demo import run_demo
     asyncio.run(run_demo(a.nodes, a.seconds, a.broker, a.interval))
@@ -124,6 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--target", choices=["unix", "qemu"], default="unix")
     em.add_argument("--heap", default="64k")
     em.set_defaults(func=_emulate)
+
+    rp = sub.add_parser("replay", help="a recording through the real firmware; JSON lines out")
+    rsub = rp.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--board", default="esp32-devkitc")
+    common.add_argument("--interval", type=int, default=60, help="seconds (default 60)")
+    common.add_argument("--heap", default="64k", help="emulated heap (default 64k)")
+    common.add_argument("--target", choices=["unix", "qemu"], default="unix")
+    rn = rsub.add_parser("noise", parents=[common], help="a WAV of the microphone's raw output")
+    rn.add_argument("--wav", required=True)
+    rn.add_argument("--mic", help="microphone model for its equalisation, or 'ideal' (flat)")
+    rn.add_argument("--mic-sensitivity", type=float, help="dBFS at 94 dB SPL (default: board's)")
+    re_ = rsub.add_parser("energy", parents=[common], help="a P1 byte stream")
+    re_.add_argument("--p1", required=True)
+    rt = rsub.add_parser("traffic", parents=[common], help="a loop-edge CSV t,lane,loop,state")
+    rt.add_argument("--edges", required=True)
+    rt.add_argument("--loop-length", type=float, default=2.0, help="metres (default 2.0)")
+    rt.add_argument("--loop-spacing", type=float, default=4.0,
+                    help="metres between the loops' leading edges (default 4.0)")
+    rt.add_argument("--lanes", type=int, help="default: the highest lane in the file")
+    for kind_parser in (rn, re_, rt):
+        kind_parser.set_defaults(func=_replay)
 
     de = sub.add_parser("decode", help="link frames or SenML-CBOR batches to JSON lines")
     de.add_argument("file", nargs="?")

@@ -43,8 +43,10 @@ def tolerance(f):
 
 
 def rms_fullscale(spl, sens=SENS):
-    # Level in dB SPL = 20 log10(rms_fullscale) - sensitivity_dBFS + 94
-    return 10 ** ((spl - 94.0 + sens) / 20.0)
+    # dBFS as the microphone datasheets (and AES17) define it: 0 dBFS is a full-scale sine, so a
+    # 94 dB SPL tone on a -26 dBFS microphone peaks at 10**(-26/20) of full scale.
+    # Level in dB SPL = 20 log10(rms_fullscale * sqrt(2)) - sensitivity_dBFS + 94
+    return 10 ** ((spl - 94.0 + sens) / 20.0) / math.sqrt(2)
 
 
 def raw_words(x):

@@ -19,7 +19,10 @@ from dsmr_parser.parsers import TelegramParser
 
 from conftest import run_micropython
 
-DATA = Path("/work/shared/data/dsmr")
+# shared/ lies beside the checkout (CI's clone too); /work/shared is the workplace's copy
+DATA = next((d for d in (Path(__file__).resolve().parents[2] / "shared" / "data" / "dsmr",
+                         Path("/work/shared/data/dsmr")) if d.is_dir()),
+            Path("../shared/data/dsmr"))
 FILES = sorted(p.name for p in DATA.glob("*.txt"))
 
 _AT_PLAIN = deepcopy(specs.SAGEMCOM_T210_D_R)

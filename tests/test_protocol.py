@@ -2,6 +2,7 @@
 CDDL against every vector frame (pycddl), and rejections by reason."""
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import cbor2
@@ -22,6 +23,9 @@ def _meaning(v):
         return {str(k): _meaning(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_meaning(x) for x in v]
+    if isinstance(v, Decimal):
+        sign, digits, exp = v.as_tuple()
+        return {"decfrac": [exp, int("".join(map(str, digits))) * (-1 if sign else 1)]}
     return v
 
 
@@ -68,3 +72,11 @@ def test_deframer_resyncs_after_garbage_and_bounds_memory():
     assert out[-1] == good[:-1]
     assert d.overflows == 1
     assert len(d.buf) == 0
+
+
+def test_decimal_fraction_resolves_exactly():
+    from sensorcity.gateway import senml
+    vec = next(v for v in VECTORS["good"] if v["name"] == "data-energy")
+    f = frames.decode(bytes.fromhex(vec["wire"])[:-1], KEYS.get)
+    rec = senml.resolve(f.body)[0]
+    assert rec.v == 12345678.901 and isinstance(rec.v, float)

@@ -11,8 +11,9 @@ from .p1data import telegram
 
 
 def tone_block(rate: int, freq: float, dbfs: float, n: int, phase0: int = 0) -> bytes:
-    """n little-endian int32 samples of a sine at dbfs (RMS re full scale), as I2S delivers them."""
-    amp = math.sqrt(2) * 10 ** (dbfs / 20) * 2 ** 31
+    """n little-endian int32 samples of a sine at dbfs (re a full-scale sine, as microphone
+    datasheets use it), as I2S delivers them."""
+    amp = 10 ** (dbfs / 20) * 2 ** 31
     w = 2 * math.pi * freq / rate
     return struct.pack(f"<{n}i", *(max(-2**31, min(2**31 - 1, int(amp * math.sin(w * (phase0 + i)))))
                                    for i in range(n)))

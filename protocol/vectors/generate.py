@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import struct
+from decimal import Decimal
 import zlib
 from pathlib import Path
 
@@ -18,6 +19,10 @@ KEYS = {"n1": bytes(range(32)).hex(), "traffic-7": ("5a" * 32)}
 
 
 def enc(obj) -> bytes:
+    if isinstance(obj, Decimal):  # decimal fraction, tag 4: [exponent, mantissa]
+        sign, digits, exp = obj.as_tuple()
+        m = int("".join(map(str, digits))) * (-1 if sign else 1)
+        return b"\xc4" + _len(4, 2) + enc(exp) + enc(m)
     if isinstance(obj, float):
         f32 = struct.pack(">f", obj)
         if struct.unpack(">f", f32)[0] == obj:
@@ -37,6 +42,12 @@ def _len(major, n):
     if n < 256:
         return bytes([major << 5 | 24, n])
     return bytes([major << 5 | 25]) + struct.pack(">H", n)
+
+
+def _json(obj):
+    """A decimal fraction's meaning in the JSON file: {"decfrac": [exponent, mantissa]}."""
+    sign, digits, exp = obj.as_tuple()
+    return {"decfrac": [exp, int("".join(map(str, digits))) * (-1 if sign else 1)]}
 
 
 def cobs(data: bytes) -> bytes:
@@ -69,7 +80,7 @@ def main():
     noise = [{-2: bn, -3: 1795000000, 0: "LAeq", 1: "dB", 2: 55.25},
              {0: "LAFmax", 1: "dB", 2: 71.5}, {0: "LA90", 1: "dB", 2: 48.13}]
     energy = [{-2: "urn:dev:org:32473-sensorcity-n1:", -3: 1795000060,
-               0: "energy_import_t1", 1: "kWh", 2: 1234.567},
+               0: "energy_import_t1", 1: "kWh", 2: Decimal("12345678.901")},
               {0: "power_import", 1: "W", 2: 420}, {0: "p1_crc_errors", 1: "count", 2: 0}]
     traffic = [{-2: "urn:dev:org:32473-sensorcity-traffic-7:", -3: 1795000120,
                 0: "lane1/count", 1: "count", 2: 3}, {0: "lane1/speed_v85", 1: "km/h", 2: 52.5}]
@@ -89,7 +100,7 @@ def main():
     for name, origin, kind, node, seq, body in good:
         out["good"].append({
             "name": name, "from": origin, "kind": kind, "node": node, "seq": seq,
-            "body": json.loads(json.dumps(body)),
+            "body": json.loads(json.dumps(body, default=_json)),
             "wire": frame(KEYS[node], kind, node, seq, body).hex()})
     k = KEYS["n1"]
     out["bad"] = [

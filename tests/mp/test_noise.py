@@ -57,9 +57,10 @@ def test_none_without_a_complete_block():
 
 
 def test_94_db_tone_and_interval_split():
-    # 94 dB SPL at 1 kHz on a -26 dBFS microphone: rms 10**(-26/20) of full scale.
+    # 94 dB SPL at 1 kHz on a -26 dBFS microphone: a sine peaking at 10**(-26/20) of full scale
+    # (dBFS re a full-scale sine, as the datasheets and AES17 define it).
     m = NoiseMeter(RATE, -26.0, 0.0)
-    buf = periodic(48, 10 ** (-26 / 20) * math.sqrt(2))
+    buf = periodic(48, 10 ** (-26 / 20))
     run(m, buf, 0.5)
     m.take()
     m.feed(buf, 1000)  # intervals cut mid-block and mid-sub-block
@@ -100,7 +101,8 @@ def test_full_scale_square_wave():
         if h == period // 2:
             p /= 2
         power += p * 10 ** (a_weight_db(h * 1000.0) / 10)
-    expected = 10 * math.log10(power) + 26.0 + 94.0
+    # + 3.01: dBFS is re a full-scale sine, whose mean square is 1/2
+    expected = 10 * math.log10(2 * power) + 26.0 + 94.0
     m = NoiseMeter(RATE, -26.0)
     buf = periodic(period, 1.0, lambda p: 1.0 if p < math.pi else -1.0)
     run(m, buf, 0.5)
