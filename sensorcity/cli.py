@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sensor input at its real rate (the emulated board always runs on the "
                          "wall clock; see docs/emulation.md)")
     em.add_argument("--target", choices=["unix", "qemu"], default="unix")
-    em.add_argument("--heap", default="64k")
+    em.add_argument("--heap", default="128k",
+                    help="emulated heap (default 128k: the 64-bit unix port's objects are about "
+                         "twice an ESP32's, see docs/emulation.md)")
     em.set_defaults(func=_emulate)
 
     rp = sub.add_parser("replay", help="a recording through the real firmware; JSON lines out")

@@ -98,7 +98,7 @@ def _traffic_feeder(seed: int, spacing: float, loop_length: float) -> _Feeder:
 
 
 class EmulatedNode:
-    def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "64k",
+    def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "128k",
                  seed: int = 0, log=None):
         self.config = Path(config).resolve()
         try:
