@@ -3,8 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: the broker, and the QEMU tier's emulator and cross compiler.
-APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev systemd
-APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source systemd-analyze
+# (gcc and libc6-dev build the host mpy-cross inside the QEMU recipe)
+APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev gcc libc6-dev \
+	systemd
+APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze
 
 .PHONY: install demo test test-fast bench system-deps clean
 
