@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 system-deps:
 	@missing=""; for c in $(APT_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	test -f /usr/share/doc/libnewlib-arm-none-eabi/copyright || missing="$$missing newlib"; \
+	test -f /usr/include/stdio.h || missing="$$missing libc6-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
