@@ -1,8 +1,9 @@
-# Board constants: generated from boards/<id>.json by `sensorcity flash`; this default is the
-# ESP32-DevKitC with an INMP441 microphone.
+# Board constants: generated from boards/esp32-devkitc.json by `sensorcity flash app`;
+# edit the board file and regenerate (python -m sensorcity.tools.boards), not this file.
 from micropython import const
 
 BOARD = "esp32-devkitc"
+CHIP = "esp32"
 I2S_SCK = const(26)
 I2S_WS = const(25)
 I2S_SD = const(33)
