@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[test]'
+	@# MicroPython's ESP32 stubs, outside site-packages (they shadow CPython's stdlib): the
+	@# firmware is type-checked against them (tests/test_firmware_types.py)
+	@$(BIN)/python -m pip install -q --no-deps --upgrade --target build/typings \
+	  micropython-esp32-stubs micropython-stdlib-stubs
 	@touch $@
 
 # Debian packages: installed with apt-get when run as root, else one line saying what to run.

@@ -142,7 +142,7 @@ class Node:
 
     async def reader(self, sr):
         deframer = link.Deframer()
-        frames = []
+        frames = []  # type: list
         while True:
             data = await sr.read(256)
             if not data:

@@ -313,8 +313,9 @@ class NoiseMeter:
         secs = aweight.design(rate, mic)
         st = array("i", bytes(4 * _NST))
         hps = []
-        low = eqs = None
-        q = []  # the coefficients as quantised, for the 1 kHz normalisation
+        low = []  # type: list
+        eqs = []  # type: list
+        q = []  # type: list  # the coefficients as quantised, for the 1 kHz normalisation
         for sec in secs:
             if sec[0] == "hp":
                 e, sh = _fixed(sec[1])
@@ -380,7 +381,7 @@ class NoiseMeter:
         st = self._st
         off = 0
         while off < n:
-            off += _run(buf, off, n - off, st)
+            off += _run(buf, off, n - off, st)  # type: ignore[arg-type]  # viper takes buffers
             if st[_DONE]:
                 st[_DONE] = 0
                 self._block()

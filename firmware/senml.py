@@ -10,7 +10,7 @@ V = const(2)
 
 def pack(base_name, t, records):
     """records: (quantity, unit, value) read over the interval starting at t (epoch seconds)."""
-    out = []
+    out = []  # type: list
     for name, unit, value in records:
         rec = {N: name, U: unit, V: value}
         if not out:
