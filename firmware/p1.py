@@ -57,6 +57,7 @@ _OBIS = {
     _key(71, 7, 0): (CURRENT_L1 + 2) * 8 + _AMP,
 }
 _CLOCK = const(0x010000)  # 0-0:1.0.0, the meter's time
+_VERSION = const(0x000208)  # 1-3:0.2.8, the DSMR version (42, 50)
 _MBUS_TYPE = const(0x180100)  # 0-n:24.1.0
 _MBUS_NL = const(0x180201)  # 0-n:24.2.1, temperature-corrected volume
 _MBUS_BE = const(0x180203)  # 0-n:24.2.3, Belgian uncorrected volume
@@ -289,6 +290,7 @@ class P1Reader:
         self._obis_lines = 0
         self.clock = -1  # the last valid telegram's 0-0:1.0.0 in seconds (UTC, since 2000), or -1
         self._clock = -1
+        self.version = 0  # the DSMR version the meter states (1-3:0.2.8), 0 if none
         self._crc_seen = False  # a meter that sent a CRC once always sends one
         self.on_telegram = None  # called with (values, have) after each valid telegram
         self.telegrams = 0
@@ -461,6 +463,11 @@ class P1Reader:
             if v >= 0:
                 self.values[fk >> 3] = v
                 self.have[fk >> 3] = 1
+            return True
+        if a == 1 and b == 3 and key == _VERSION:
+            q = buf.find(b")", p, k)
+            v = _digits(buf, p + 1, q) if q > 0 else -1
+            self.version = v if v > 0 else 0
             return True
         if a == 0 and b == 0 and key == _CLOCK:
             q = buf.find(b")", p, k)

@@ -91,6 +91,36 @@ def test_noise_level_steps_give_ln_levels(tmp_path):
     assert abs(v["LA10"] - 70) < 0.2 and abs(v["LA50"] - 70) < 0.2 and abs(v["LA90"] - 50) < 0.2
 
 
+def riff(fmt_tag, bits, rate, payload, extensible=False):
+    """A WAV written by hand: WAVE_FORMAT_EXTENSIBLE as most tools write 24-bit audio."""
+    import struct
+    align = bits // 8
+    fmt = struct.pack("<HHIIHH", 0xFFFE if extensible else fmt_tag, 1, rate, rate * align, align,
+                      bits)
+    if extensible:
+        guid = struct.pack("<H", fmt_tag) + bytes.fromhex("000000001000800000aa00389b71")
+        fmt += struct.pack("<HHI", 22, bits, 4) + guid
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I",
+                                                                                len(payload))
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks) + len(payload)) + b"WAVE" + chunks + payload
+
+
+@pytest.mark.unixport
+@pytest.mark.parametrize("kind", ["pcm24-extensible", "float32"])
+def test_noise_reads_extensible_and_float_wavs(tmp_path, kind):
+    x = tone(1000, 94, 1.5)
+    if kind == "float32":
+        data = riff(3, 32, 48000, x.astype("<f4").tobytes())
+    else:
+        ints = np.round(x * 2 ** 23).astype("<i4").tobytes()
+        data = riff(1, 24, 48000, np.frombuffer(ints, np.uint8).reshape(-1, 4)[:, :3].tobytes(),
+                    extensible=True)
+    wav = tmp_path / "x.wav"
+    wav.write_bytes(data)
+    out, _ = replay("noise", "--wav", wav, "--interval", "1", "--mic", "ideal")
+    assert abs(by_time(out, "LAeq")[0] - 94.0) < 0.2
+
+
 def test_noise_rejects_a_rate_the_node_cannot_sample(tmp_path):
     wav = tmp_path / "cd.wav"
     write_wav(wav, tone(1000, 94, 0.5, rate=44100), 44100, 16)

@@ -7,18 +7,19 @@ interval is flushed at the end.
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import secrets
 import subprocess
 import tempfile
-import wave
 from pathlib import Path
 
 from ..errors import FatalError
 from ..gateway import frames, senml
 from ..paths import boards_dir, firmware_dir, micropython_bin
 from .emulate import EMULATOR_DIR, parse_heap
+from . import wav
 from .mpy import compile_dir
 
 NODE_ID = "replay"
@@ -35,28 +36,11 @@ def load_board(board: str) -> dict:
 
 
 def wav_to_i2s(src: Path, dst: Path) -> int:
-    """A PCM WAV (8/16/24/32-bit, mono) -> little-endian 32-bit words, the sample left-justified as
-    an I2S microphone delivers it. Returns the sample rate."""
-    try:
-        with wave.open(str(src), "rb") as w:
-            if w.getnchannels() != 1:
-                raise FatalError(f"{src}: {w.getnchannels()} channels; give a mono WAV")
-            width, rate, n = w.getsampwidth(), w.getframerate(), w.getnframes()
-            data = w.readframes(n)
-    except (wave.Error, EOFError) as exc:
-        raise FatalError(f"{src}: not a PCM WAV file ({exc})") from exc
-    except OSError as exc:
-        raise FatalError(f"{src}: {exc.strerror or exc}") from exc
+    """A mono WAV -> little-endian 32-bit words, as an I2S microphone delivers them; its rate."""
+    rate, words = wav.read(src)
     if rate not in RATES:
         raise FatalError(f"{src}: {rate} Hz; the node samples at 16, 32 or 48 kHz")
-    count = len(data) // width
-    out = bytearray(4 * count)
-    if width == 1:  # unsigned 8-bit: flip the sign bit
-        out[3::4] = data.translate(bytes((b ^ 0x80) for b in range(256)))
-    else:
-        for k in range(width):
-            out[4 - width + k::4] = data[k::width]
-    dst.write_bytes(out)
+    dst.write_bytes(words.tobytes())
     return rate
 
 
@@ -65,8 +49,8 @@ def replay(kind: str, source: Path, interval: int = 60, board: str = "esp32-devk
            mic_sensitivity: float | None = None, loop_length: float = 2.0,
            loop_spacing: float = 4.0, lanes: int | None = None):
     """Yields resolved records as dicts (n, u, v, t); last, a dict of counters under 'counters'."""
-    if target != "unix":
-        raise FatalError("--target qemu is not available yet: use --target unix")
+    if target not in ("unix", "qemu"):
+        raise FatalError(f"--target {target}: give unix or qemu")
     if interval < 1:
         raise FatalError("--interval must be at least 1 second")
     source = Path(source)
@@ -89,21 +73,73 @@ def replay(kind: str, source: Path, interval: int = 60, board: str = "esp32-devk
             opts.update(loop_length=loop_length, loop_spacing=loop_spacing,
                         lanes=lanes or _lanes_in(source))
         key = secrets.token_bytes(32)
-        env = dict(os.environ, MICROPYPATH=os.pathsep.join(
-            [str(compile_dir(firmware_dir())), str(EMULATOR_DIR), ".frozen"]))
-        proc = subprocess.run(
-            [micropython_bin(), "-X", f"heapsize={parse_heap(heap)}", str(EMULATOR_DIR / "replay.py"),
-             kind, str(path), str(interval), key.hex(), NODE_ID, BASE_NAME, json.dumps(opts)],
-            capture_output=True, env=env)
+        args = (kind, path, interval, key, NODE_ID, BASE_NAME, opts, heap)
+        stream, counters = _run_qemu(*args) if target == "qemu" else _run_unix(*args)
+    for cobs in frames.Deframer(limit=1 << 16).feed(stream):
+        frame = frames.decode(cobs, {NODE_ID: key}.get)  # the real link's checks
+        for rec in senml.resolve(frame.body):
+            yield rec.as_json()
+    yield {"counters": counters}
+
+
+def _run_unix(kind, path, interval, key, node_id, base_name, opts, heap):
+    """The driver in the unix port: the input file in, frames on stdout, counters on stderr."""
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(
+        [str(compile_dir(firmware_dir())), str(EMULATOR_DIR), ".frozen"]))
+    proc = subprocess.run(
+        [micropython_bin(), "-X", f"heapsize={parse_heap(heap)}", str(EMULATOR_DIR / "replay.py"),
+         kind, str(path), str(interval), key.hex(), node_id, base_name, json.dumps(opts)],
+        capture_output=True, env=env)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
         last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
         raise FatalError(f"replay failed on the emulated board: {last}")
-    for cobs in frames.Deframer(limit=1 << 16).feed(proc.stdout):
-        frame = frames.decode(cobs, {NODE_ID: key}.get)  # the real link's checks
-        for rec in senml.resolve(frame.body):
-            yield rec.as_json()
-    yield {"counters": json.loads(err.splitlines()[-1])}
+    return proc.stdout, json.loads(err.splitlines()[-1])
+
+
+def _run_qemu(kind, path, interval, key, node_id, base_name, opts, heap):
+    """The same driver on the QEMU board (32-bit Cortex-M3). The input arrives on UART1, audio
+    through semihosting instead (UART1 is ten times too slow for it, docs/qemu.md); the frames
+    come back on UART0 as base64 lines, since UART0 also carries the raw REPL's framing."""
+    from .qemu import QemuBoard, QemuError, heap_bytes
+    size = path.stat().st_size
+    if kind == "noise":
+        source, timeout = f"hostfile.HostFile({str(path.resolve())!r})", 60 + size / 500_000
+    else:
+        source, timeout = f"uartfile.UartFile(machine.UART(1), {size})", 60 + size / 5_000
+    code = (
+        "import binascii, json, machine, sys, replay, hostfile, uartfile\n"
+        "out = sys.stdout.buffer\n"
+        f"c = replay.run({kind!r}, {source}, {interval}, binascii.unhexlify({key.hex()!r}), "
+        f"{node_id!r}, {base_name!r}, json.loads({json.dumps(opts)!r}), "
+        "lambda f: out.write(binascii.b2a_base64(f)))\n"
+        "out.write(json.dumps(c))\n")
+    try:
+        with QemuBoard(heap=heap_bytes(parse_heap(heap))) as board:
+            board.put_dir(compile_dir(firmware_dir(), march="armv7m"), suffixes=(".mpy",))
+            board.put_dir(compile_dir(EMULATOR_DIR / "qemu", march="armv7m"), "lib")
+            board.put_file("lib/replay.mpy",
+                           compile_dir(EMULATOR_DIR, march="armv7m") / "replay.mpy")
+            board.start(code)
+            feeder = None
+            if kind != "noise":  # the recording goes down the sensor line while the board runs
+                feeder = threading.Thread(target=_send, args=(path, board.sensor_port),
+                                          daemon=True)
+                feeder.start()
+            out = board.result(timeout)
+            if feeder:
+                feeder.join(5)
+    except QemuError as exc:
+        last = exc.args[0].strip().splitlines()[-1]
+        raise FatalError(f"replay failed on the QEMU board: {last}") from exc
+    lines = out.split()
+    return b"".join(binascii.a2b_base64(b) for b in lines[:-1]), json.loads(lines[-1])
+
+
+def _send(path: Path, port: str) -> None:
+    with open(path, "rb") as f, open(port, "wb", buffering=0) as line:
+        while chunk := f.read(4096):
+            line.write(chunk)
 
 
 def _lanes_in(path: Path) -> int:
