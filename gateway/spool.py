@@ -1,35 +1,125 @@
 """The durable spool: SQLite in WAL mode with synchronous=FULL. A frame is acked to its node only
-after its transaction commits; an outbox row is deleted only after the broker's PUBACK."""
+after its transaction commits; an outbox row is deleted only after the broker's PUBACK.
+
+Bounded by design (docs/durability.md): every query the service runs walks an index for at most
+one batch, the outbox depth is a counter kept by triggers, the WAL is checkpointed and truncated,
+`seen` (the de-dup set) is pruned by age and size, and the file never grows past the disk budget:
+above it the oldest whole intervals are dropped and counted."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+log = logging.getLogger("sensorcity.gateway.spool")
+
+SCHEMA_VERSION = 2
+PAGE = 4096
+# 30 days of a 200-node site at 60 s intervals: 2 frames per node and interval (data, health) of
+# at most SPOOL_BYTES_PER_FRAME on disk (measured, docs/durability.md) -> 10 GiB
+SPOOL_BYTES_PER_FRAME = 600
+DEFAULT_MAX_MB = 30 * 24 * 60 * 200 * 2 * SPOOL_BYTES_PER_FRAME // 2**20
+SEEN_SECONDS = 24 * 3600   # (node, seq) remembered this long for de-dup ...
+SEEN_MAX = 1_000_000       # ... and at most this many of them
+PRUNE_EVERY = 60.0         # seconds between two prunes of `seen`
+PRUNE_CHUNK = 20_000       # rows per prune: a commit never waits on a long delete
+WAL_LIMIT = 8 * 2**20      # the WAL is truncated to this after a checkpoint
+
+STORED, DUPLICATE, STALE = "stored", "duplicate", "stale"
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS seen (
-    node TEXT NOT NULL, seq INTEGER NOT NULL, received REAL NOT NULL,
-    PRIMARY KEY (node, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, seq INTEGER NOT NULL,
-    received REAL NOT NULL, pack BLOB NOT NULL, readings INTEGER NOT NULL);
+    received REAL NOT NULL, pack BLOB NOT NULL, readings INTEGER NOT NULL,
+    t REAL NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS outbox_t ON outbox (t);
+CREATE TABLE IF NOT EXISTS seen (
+    id INTEGER PRIMARY KEY, node TEXT NOT NULL, seq INTEGER NOT NULL, received REAL NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS seen_key ON seen (node, seq);
+CREATE TABLE IF NOT EXISTS floor (node TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS downlink (node TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO tally VALUES ('rows', 0), ('readings', 0), ('dropped_frames', 0),
+    ('dropped_readings', 0), ('dropped_intervals', 0);
+CREATE TRIGGER IF NOT EXISTS outbox_in AFTER INSERT ON outbox BEGIN
+    UPDATE tally SET value = value + 1 WHERE name = 'rows';
+    UPDATE tally SET value = value + NEW.readings WHERE name = 'readings'; END;
+CREATE TRIGGER IF NOT EXISTS outbox_out AFTER DELETE ON outbox BEGIN
+    UPDATE tally SET value = value - 1 WHERE name = 'rows';
+    UPDATE tally SET value = value - OLD.readings WHERE name = 'readings'; END;
 """
 
 
+class SpoolFull(Exception):
+    """The disk (not the budget) is full: nothing was stored, so nothing may be acked."""
+
+
 class Spool:
-    def __init__(self, directory: Path | str):
+    def __init__(self, directory: Path | str, max_mb: int = DEFAULT_MAX_MB,
+                 seen_seconds: float = SEEN_SECONDS, seen_max: int = SEEN_MAX):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "spool.sqlite3"
+        self.seen_seconds = seen_seconds
+        self.seen_max = seen_max
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        db = self.db
+        db.execute(f"PRAGMA page_size={PAGE}")  # only takes on a new file
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        db.execute("PRAGMA cache_size=-2048")  # 2 MiB, whatever the backlog
+        migrated = self._migrate()
+        db.executescript(SCHEMA)
+        if migrated:
+            db.execute("UPDATE tally SET value = (SELECT count(*) FROM outbox) WHERE name = 'rows'")
+            db.execute("UPDATE tally SET value = (SELECT coalesce(sum(readings), 0) FROM outbox) "
+                       "WHERE name = 'readings'")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        self.set_budget(max_mb)
         # one connection, used from the event loop and from worker threads: one user at a time
         self.lock = threading.RLock()
+        self.floor = dict(db.execute("SELECT node, seq FROM floor"))
+        self.pruned_at = 0.0
+
+    def _migrate(self) -> bool:
+        """Version 1 (the walking skeleton): seen WITHOUT ROWID, outbox without t."""
+        db = self.db
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return False
+        old = bool(db.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone())
+        cols = {r[1] for r in db.execute("PRAGMA table_info(seen)")}
+        if cols and "id" not in cols:
+            db.executescript("""BEGIN IMMEDIATE;
+                ALTER TABLE seen RENAME TO seen_v1;
+                CREATE TABLE seen (id INTEGER PRIMARY KEY, node TEXT NOT NULL,
+                    seq INTEGER NOT NULL, received REAL NOT NULL);
+                INSERT INTO seen (node, seq, received)
+                    SELECT node, seq, received FROM seen_v1 ORDER BY received;
+                DROP TABLE seen_v1;
+                COMMIT;""")
+        cols = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+        if cols and "t" not in cols:
+            db.executescript("""BEGIN IMMEDIATE;
+                ALTER TABLE outbox ADD COLUMN t REAL NOT NULL DEFAULT 0;
+                UPDATE outbox SET t = received;
+                COMMIT;""")
+        return old
+
+    def set_budget(self, max_mb: int) -> None:
+        """The file never grows past max_mb (SQLite's max_page_count); above `high` the oldest
+        whole intervals go until the store is back under `low`, so a commit always has room."""
+        if max_mb < 4:
+            raise ValueError("spool_max_mb must be at least 4")
+        pages = max_mb * 2**20 // self.page_size
+        reserve = max(pages // 25, 2**20 // self.page_size)
+        self.max_pages = self.db.execute(f"PRAGMA max_page_count={pages}").fetchone()[0]
+        self.high = pages - reserve
+        self.low = pages - 2 * reserve
 
     def close(self):
         self.db.close()
@@ -45,23 +135,121 @@ class Spool:
 
             def __exit__(self, exc_type, *_):
                 try:
-                    db.execute("ROLLBACK" if exc_type else "COMMIT")
+                    if exc_type is None:
+                        db.execute("COMMIT")
+                    elif db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                        db.execute("ROLLBACK")
                 finally:
                     lock.release()
         return _Tx()
 
-    def insert(self, node: str, seq: int, pack: bytes, readings: int) -> bool:
-        """Add one data frame inside a transaction; False when (node, seq) was stored before."""
-        now = time.time()
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO seen (node, seq, received) VALUES (?, ?, ?)", (node, seq, now))
-        if cur.rowcount == 0:
+    # --- ingest side -----------------------------------------------------------------------
+    def store(self, entries: list[tuple[str, int, float, bytes, int]],
+              now: float | None = None) -> list[str]:
+        """Commit data frames (node, seq, interval time, pack, readings) in one transaction; one
+        outcome per entry: STORED, DUPLICATE (seen before) or STALE (older than the de-dup
+        window: stored long ago, or a replay). Raises SpoolFull when the disk is full."""
+        for attempt in (0, 1):
+            try:
+                with self.transaction():
+                    if self.used_pages() > self.high:
+                        self._drop_oldest(self.low)
+                    now = time.time() if now is None else now
+                    out = [self.insert(node, seq, pack, n, t, now=now)
+                           for node, seq, t, pack, n in entries]
+                    pruned = self._prune_seen(now) if now >= self.pruned_at else False
+                if pruned:
+                    self.floor = dict(self.db.execute("SELECT node, seq FROM floor"))
+                return out
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                if attempt == 0 and self._at_budget():
+                    with self.transaction():  # a batch larger than the reserve: make room
+                        self._drop_oldest(self.low)
+                    continue
+                raise SpoolFull(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    def insert(self, node: str, seq: int, pack: bytes, readings: int, t: float | None = None,
+               *, now: float | None = None) -> str | bool:
+        """Add one data frame inside a transaction. Without t (the skeleton's call) the result
+        is True when stored, False otherwise; with t it is the outcome."""
+        now = time.time() if now is None else now
+        if seq <= self.floor.get(node, -1):
+            outcome = STALE
+        elif self.db.execute("INSERT OR IGNORE INTO seen (node, seq, received) VALUES (?, ?, ?)",
+                             (node, seq, now)).rowcount == 0:
+            outcome = DUPLICATE
+        else:
+            self.db.execute(
+                "INSERT INTO outbox (node, seq, received, pack, readings, t) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (node, seq, now, pack, readings,
+                                              now if t is None else t))
+            outcome = STORED
+        return outcome if t is not None else outcome == STORED
+
+    def _prune_seen(self, now: float | None = None) -> bool:
+        """Forget (node, seq) pairs older than the window or beyond its size, at most a chunk at
+        a time; a node's floor keeps the highest forgotten seq, so a frame at or below it is
+        STALE, never stored twice. Rows come in time order, so id order is age order."""
+        now = time.time() if now is None else now
+        self.pruned_at = now + PRUNE_EVERY
+        lo, hi = self.db.execute("SELECT min(id), max(id) FROM seen").fetchone()
+        if lo is None:
+            return False
+        upto = min(lo + PRUNE_CHUNK, hi + 1)
+        cut = self.db.execute(
+            "SELECT coalesce(max(id) + 1, ?) FROM seen WHERE id < ? AND received < ?",
+            (lo, upto, now - self.seen_seconds)).fetchone()[0]
+        cut = max(cut, min(hi + 1 - self.seen_max, upto))
+        if cut <= lo:
             return False
         self.db.execute(
-            "INSERT INTO outbox (node, seq, received, pack, readings) VALUES (?, ?, ?, ?, ?)",
-            (node, seq, now, pack, readings))
+            "INSERT INTO floor (node, seq) SELECT node, max(seq) FROM seen WHERE id < ? "
+            "GROUP BY node ON CONFLICT (node) DO UPDATE SET seq = max(seq, excluded.seq)", (cut,))
+        self.db.execute("DELETE FROM seen WHERE id < ?", (cut,))
+        if cut >= upto <= hi:
+            self.pruned_at = now  # a whole chunk went and more may be due: the next commit goes on
         return True
 
+    # --- disk budget -----------------------------------------------------------------------
+    def used_pages(self) -> int:
+        return (self.db.execute("PRAGMA page_count").fetchone()[0]
+                - self.db.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def _at_budget(self) -> bool:
+        return self.db.execute("PRAGMA page_count").fetchone()[0] >= self.max_pages - 8
+
+    def _drop_oldest(self, target: int) -> None:
+        """Drop whole intervals (every frame of the oldest interval time) until under target;
+        counted in `tally` and logged. Runs inside the caller's transaction."""
+        frames = readings = intervals = 0
+        while self.used_pages() > target:
+            t = self.db.execute("SELECT min(t) FROM outbox").fetchone()[0]
+            if t is None:
+                break
+            n, r = self.db.execute("SELECT count(*), coalesce(sum(readings), 0) FROM outbox "
+                                   "WHERE t = ?", (t,)).fetchone()
+            self.db.execute("DELETE FROM outbox WHERE t = ?", (t,))
+            frames, readings, intervals = frames + n, readings + r, intervals + 1
+        if intervals:
+            self.db.executemany("UPDATE tally SET value = value + ? WHERE name = ?",
+                                [(frames, "dropped_frames"), (readings, "dropped_readings"),
+                                 (intervals, "dropped_intervals")])
+            log.warning("spool over its budget: dropped the %d oldest intervals (%d frames, "
+                        "%d readings)", intervals, frames, readings)
+
+    def stats(self) -> dict[str, int]:
+        """rows, readings (in the outbox), dropped_frames/_readings/_intervals (since the spool
+        was made), used_bytes and budget_bytes: all O(1)."""
+        with self.lock:
+            out = dict(self.db.execute("SELECT name, value FROM tally"))
+            out["used_bytes"] = self.used_pages() * self.page_size
+            out["budget_bytes"] = self.max_pages * self.page_size
+        return out
+
+    # --- uplink side -----------------------------------------------------------------------
     def oldest(self, limit: int) -> list[tuple[int, str, int, float, bytes, int]]:
         with self.lock:
             return self.db.execute(
@@ -74,7 +262,7 @@ class Spool:
 
     def depth(self) -> int:
         with self.lock:
-            return self.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            return self.db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0]
 
     def next_downlink_seq(self, node: str) -> int:
         with self.transaction():

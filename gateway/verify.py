@@ -11,11 +11,15 @@ from . import frames, senml
 from .registry import Registry
 
 log = logging.getLogger("sensorcity.gateway.verify")
+# `stale`: a data frame at or below its node's floor in the spool (older than the de-dup window),
+# acked so the node moves on, never stored twice (spool.py, docs/durability.md)
 REASONS = ("cobs", "short", "too-long", "crc", "schema", "unknown-node", "tag", "replayed",
-           "name", "overflow")
+           "name", "overflow", "stale")
 
 
 class Verifier:
+    REASONS = REASONS
+
     def __init__(self, registry: Registry):
         self.registry = registry
         self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
@@ -56,3 +60,10 @@ class Verifier:
 
 def encode_records(records: list[senml.Record]) -> bytes:
     return cbor2.dumps(senml.pack(records))
+
+
+def spool_entry(frame: frames.Frame, records: list[senml.Record]):
+    """A verified data frame as Spool.store takes it: node, seq, interval time (the earliest
+    record's: what the overflow policy drops by), resolved pack, readings."""
+    return (frame.node, frame.seq, min(r.t for r in records), encode_records(records),
+            len(records))
