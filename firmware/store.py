@@ -1,12 +1,18 @@
 # Store-and-forward ring in flash (littlefs): readings stay here until the gateway acks them.
-# Frames are appended to segment files; `tail` names the oldest unacked frame. A full store
-# drops its oldest segment (counted), so the newest readings are the ones kept.
+# Frames are appended to segment files, each record a header (magic, length, sequence number)
+# and the wire frame; `tail` names the oldest unacked record and is replaced atomically (write a
+# new file, rename). A full store drops its oldest segment (counted), so the newest readings are
+# the ones kept. Power loss mid-append leaves at most a torn last record: it fails the header or
+# the frame's closing 0x00, is skipped, and the next append opens a fresh segment after it.
 import os
 import struct
 
 from micropython import const
 
 SEG_BYTES = const(16384)
+MAGIC = const(0xA5)
+HDR = const(7)  # magic u8, frame length u16, sequence number u32 (little-endian)
+MAX_REC = const(1100)  # a link frame (<= 1024 decoded bytes, COBS adds 1 per 254) and its header
 
 
 def _exists(path):
@@ -21,14 +27,22 @@ class Store:
     def __init__(self, root="store.d", max_segments=64):
         self.root = root
         self.max_segments = max_segments
-        self.dropped = 0
+        self.dropped = 0  # frames lost to a full store
+        self.torn = 0  # torn records skipped after a power cut
+        self.buf = bytearray(MAX_REC)  # one read buffer: peek() returns a view into it
+        self.mv = memoryview(self.buf)
+        self.hdr = bytearray(HDR)
+        self.seq = -1  # the sequence number of the frame peek() returned
         if not _exists(root):
             os.mkdir(root)
         segs = sorted(int(n[1:]) for n in os.listdir(root) if n[0] == "s")
         self.segs = segs or [0]
         self.head_seg = self.segs[-1]
-        self.head_off = self._size(self.head_seg)
         self.tail_seg, self.tail_off = self._read_tail()
+        self.head_off = self._valid_end(self.head_seg)
+        if self.head_off < self._size(self.head_seg):
+            self.torn += 1  # appends after a torn record would be unreachable: start afresh
+            self._new_segment()
         self.depth = self._count()
 
     def _path(self, seg):
@@ -46,6 +60,8 @@ class Store:
                 seg, off = struct.unpack("<II", f.read(8))
             if seg in self.segs:
                 return seg, off
+            if self.segs and seg > self.segs[-1]:  # acked up to a segment not yet written
+                return self.segs[-1], self._size(self.segs[-1])
         except (OSError, ValueError):
             pass
         return self.segs[0], 0
@@ -56,62 +72,73 @@ class Store:
             f.write(struct.pack("<II", self.tail_seg, self.tail_off))
         os.rename(tmp, self.root + "/tail")
 
+    def _valid_end(self, seg):
+        off = 0
+        while True:
+            n = self._read_at(seg, off)
+            if n < 0:
+                return off
+            off += HDR + n
+
     def _count(self):
         n = 0
-        seg, off = self.tail_seg, self.tail_off
-        while True:
-            rec = self._read_at(seg, off)
-            if rec is None:
-                if seg >= self.head_seg:
-                    return n
-                seg, off = self._next_seg(seg), 0
+        for seg in self.segs:
+            if seg < self.tail_seg:
                 continue
-            n += 1
-            off += 2 + len(rec)
-
-    def _next_seg(self, seg):
-        for s in self.segs:
-            if s > seg:
-                return s
-        return seg
+            off = self.tail_off if seg == self.tail_seg else 0
+            while True:
+                size = self._read_at(seg, off)
+                if size < 0:
+                    break
+                n += 1
+                off += HDR + size
+        return n
 
     def _read_at(self, seg, off):
+        """Read the record at (seg, off) into buf; its frame length, or -1 if none is whole."""
         try:
             with open(self._path(seg), "rb") as f:
                 f.seek(off)
-                hdr = f.read(2)
-                if len(hdr) < 2:
-                    return None
-                n = struct.unpack("<H", hdr)[0]
-                rec = f.read(n)
-                return rec if len(rec) == n else None  # a torn write ends the segment
+                if f.readinto(self.hdr) < HDR:
+                    return -1
+                magic, n, seq = struct.unpack("<BHI", self.hdr)
+                if magic != MAGIC or n > MAX_REC or n == 0:
+                    return -1
+                got = f.readinto(self.mv[:n])
         except OSError:
-            return None
+            return -1
+        if got < n or self.buf[n - 1] != 0:  # a frame ends with its 0x00 delimiter
+            return -1
+        self.seq = seq
+        return n
 
-    def append(self, frame):
-        if self.head_off + 2 + len(frame) > SEG_BYTES:
-            self.head_seg += 1
-            self.head_off = 0
-            self.segs.append(self.head_seg)
-            while len(self.segs) > self.max_segments:
-                self._drop_oldest()
+    def _new_segment(self):
+        self.head_seg += 1
+        self.head_off = 0
+        self.segs.append(self.head_seg)
+        while len(self.segs) > self.max_segments:
+            self._drop_oldest()
+
+    def append(self, frame, seq):
+        if self.head_off + HDR + len(frame) > SEG_BYTES:
+            self._new_segment()
         with open(self._path(self.head_seg), "ab") as f:
-            f.write(struct.pack("<H", len(frame)))
+            f.write(struct.pack("<BHI", MAGIC, len(frame), seq))
             f.write(frame)
-        self.head_off += 2 + len(frame)
+        self.head_off += HDR + len(frame)
         self.depth += 1
 
     def _drop_oldest(self):
         seg = self.segs.pop(0)
         lost = 0
-        off = self.tail_off if seg == self.tail_seg else 0
         if seg >= self.tail_seg:
+            off = self.tail_off if seg == self.tail_seg else 0
             while True:
-                rec = self._read_at(seg, off)
-                if rec is None:
+                n = self._read_at(seg, off)
+                if n < 0:
                     break
                 lost += 1
-                off += 2 + len(rec)
+                off += HDR + n
         self.dropped += lost
         self.depth -= lost
         try:
@@ -123,11 +150,12 @@ class Store:
             self._write_tail()
 
     def peek(self):
-        """The oldest unacked frame, or None."""
+        """The oldest unacked frame (a view, valid until the next store call; its sequence number
+        in .seq), or None."""
         while True:
-            rec = self._read_at(self.tail_seg, self.tail_off)
-            if rec is not None:
-                return rec
+            n = self._read_at(self.tail_seg, self.tail_off)
+            if n >= 0:
+                return self.mv[:n]
             if self.tail_seg >= self.head_seg:
                 return None
             self._advance_segment()
@@ -143,14 +171,20 @@ class Store:
                 pass
         self._write_tail()
 
+    def _next_seg(self, seg):
+        for s in self.segs:
+            if s > seg:
+                return s
+        return seg
+
     def pop(self):
         """The gateway acked the oldest frame: release it."""
-        rec = self._read_at(self.tail_seg, self.tail_off)
-        if rec is None:
+        n = self._read_at(self.tail_seg, self.tail_off)
+        if n < 0:
             return
-        self.tail_off += 2 + len(rec)
+        self.tail_off += HDR + n
         self.depth -= 1
-        if self.tail_seg != self.head_seg and self._read_at(self.tail_seg, self.tail_off) is None:
+        if self.tail_seg != self.head_seg and self._read_at(self.tail_seg, self.tail_off) < 0:
             self._advance_segment()
         else:
             self._write_tail()
