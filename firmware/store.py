@@ -81,18 +81,20 @@ class Store:
             off += HDR + n
 
     def _count(self):
+        return sum(self._unacked(seg) for seg in self.segs)
+
+    def _unacked(self, seg):
+        """The number of records in seg not yet acked."""
+        if seg < self.tail_seg:
+            return 0
         n = 0
-        for seg in self.segs:
-            if seg < self.tail_seg:
-                continue
-            off = self.tail_off if seg == self.tail_seg else 0
-            while True:
-                size = self._read_at(seg, off)
-                if size < 0:
-                    break
-                n += 1
-                off += HDR + size
-        return n
+        off = self.tail_off if seg == self.tail_seg else 0
+        while True:
+            size = self._read_at(seg, off)
+            if size < 0:
+                return n
+            n += 1
+            off += HDR + size
 
     def _read_at(self, seg, off):
         """Read the record at (seg, off) into buf; its frame length, or -1 if none is whole."""
@@ -130,15 +132,7 @@ class Store:
 
     def _drop_oldest(self):
         seg = self.segs.pop(0)
-        lost = 0
-        if seg >= self.tail_seg:
-            off = self.tail_off if seg == self.tail_seg else 0
-            while True:
-                n = self._read_at(seg, off)
-                if n < 0:
-                    break
-                lost += 1
-                off += HDR + n
+        lost = self._unacked(seg)
         self.dropped += lost
         self.depth -= lost
         try:
