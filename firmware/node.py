@@ -1,5 +1,8 @@
 # The node runtime: sensor pipelines close interval records into the flash store; the link sends
 # the oldest unacked frame until the gateway acks it; time and commands come back on the link.
+# The clock: the board's ticks, set from the gateway's time frames (docs/node.md, "Clock").
+# A boot that crashes before the pipelines have run healthily is counted in flash; after
+# CRASH_BOOTS of them the node runs link-only (health and the store's backlog, no sensors).
 import asyncio
 import binascii
 import gc
@@ -12,11 +15,15 @@ import link
 import senml
 from store import Store
 
-FW_VERSION = "0.1.0"
+FW_VERSION = "0.2.0"
 SEQ_BLOCK = const(64)  # sequence numbers reserved per flash write
 ACK_TIMEOUT_MS = const(2000)
 MAX_BACKOFF_MS = const(30000)
 TIME_WAIT_MS = const(5000)
+STEP_MS = const(2000)  # a clock error beyond this is stepped, a smaller one slewed
+SLEW_SHIFT = const(8)  # slew by at most 1/256 of the time elapsed (3.9 ms per second)
+PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
+CRASH_BOOTS = const(3)
 
 
 def _read_int(path, default=0):
@@ -52,8 +59,53 @@ class Sequence:
         return n
 
 
+class Clock:
+    """Wall-clock milliseconds carried forward on the board's ticks. set() slews an error up to
+    STEP_MS (the clock never runs backwards for drift) and steps a larger one."""
+
+    def __init__(self, epoch_ms, ticks_ms=time.ticks_ms):
+        self.ticks_ms = ticks_ms
+        self.t = ticks_ms()
+        self.epoch = epoch_ms
+        self.slew = 0  # ms still to be slewed in
+        self.acc = 0  # ms elapsed not yet slewed over
+        self.steps = 0
+        self.synced = False
+
+    def now_ms(self):
+        t = self.ticks_ms()
+        d = time.ticks_diff(t, self.t)
+        self.t = t
+        if self.slew:
+            self.acc += d
+            m = self.acc >> SLEW_SHIFT
+            if m:
+                self.acc -= m << SLEW_SHIFT
+                a = -m if self.slew < -m else (m if self.slew > m else self.slew)
+                self.slew -= a
+                d += a
+        self.epoch += d
+        return self.epoch
+
+    def set(self, true_ms):
+        """Take the gateway's time: the step in ms, 0 when the error is slewed in."""
+        err = true_ms - self.now_ms()
+        self.synced = True
+        if -STEP_MS <= err <= STEP_MS:
+            self.slew = err
+            self.acc = 0
+            return 0
+        self.epoch += err
+        self.slew = 0
+        self.steps += 1
+        return err
+
+    def plausible(self):
+        return self.synced or self.now_ms() >= PLAUSIBLE_MS
+
+
 class Node:
-    def __init__(self, cfg, hw):
+    def __init__(self, cfg, hw, ticks_ms=time.ticks_ms):
         self.cfg = cfg
         self.hw = hw
         self.node_id = cfg["node_id"]
@@ -63,40 +115,80 @@ class Node:
         self.interval = int(cfg.get("interval", 60))
         self.boot = _read_int("boot") + 1
         _write_int("boot", self.boot)
+        # boots since the last healthy run; the flag is cleared once the pipeline runs healthily
+        self.unhealthy = _read_int("unhealthy") + 1
+        _write_int("unhealthy", self.unhealthy)
+        self.safe = self.unhealthy > CRASH_BOOTS
         self.seq = Sequence("seq")
-        self.store = Store("store.d", cfg.get("store_segments", 64))
-        self.started = time.ticks_ms()
+        self.store = Store("store.d", cfg.get("store_segments", 96))
+        self.clock = Clock(hw.epoch_ms(), ticks_ms)
+        self.floor = _read_int("floor")  # no interval may start before one already opened
+        self.ticks_ms = ticks_ms
+        self.started = ticks_ms()
         self.resends = 0
         self.rx_rejects = 0
         self.gw_seq = -1
-        self.progress = 0
+        self.progress = 0  # advanced by the sensor pipelines only: it feeds the watchdog
+        self.sent = 0
         self.acked_seq = -1
+        self.heap_peak = 0
         self.wake = asyncio.Event()
         self.acked = asyncio.Event()
         self.timed = asyncio.Event()
         self.write = None
         self.reboot_requested = False
 
-    # --- records ---------------------------------------------------------------------------
-    def interval_start(self, now_s=None):
-        if now_s is None:
-            now_s = self.hw.epoch_ms() // 1000
-        return now_s - now_s % self.interval
+    # --- clock -----------------------------------------------------------------------------
+    def epoch_ms(self):
+        return self.clock.now_ms()
 
+    def interval_start(self, now_s=None):
+        """The start of the interval in progress. Never earlier than one already opened: after
+        the clock steps back, the open interval runs on until the clock passes its end."""
+        if now_s is None:
+            now_s = self.clock.now_ms() // 1000
+        s = now_s - now_s % self.interval
+        if s < self.floor:
+            return self.floor
+        self.floor = s
+        return s
+
+    def set_time(self, ms):
+        step = self.clock.set(ms)
+        if step:
+            self.hw.set_epoch_ms(self.clock.now_ms())  # the RTC keeps it over a reset
+            if step < 0:
+                _write_int("floor", self.floor)  # a reboot must not reopen earlier intervals
+        self.timed.set()
+
+    # --- records ---------------------------------------------------------------------------
     def emit(self, t, records):
         """Close one interval's records into a tagged frame in flash."""
-        frame = link.encode_frame(self.key, link.DATA, self.node_id, self.seq.take(),
+        seq = self.seq.take()
+        frame = link.encode_frame(self.key, link.DATA, self.node_id, seq,
                                   senml.pack(self.base_name, t, records))
-        self.store.append(frame)
+        self.store.append(frame, seq)
+        frame = records = None
+        self.note_heap()
         self.wake.set()
+
+    def note_heap(self):
+        used = gc.mem_alloc()
+        if used > self.heap_peak:
+            self.heap_peak = used
 
     def health(self):
         return [
-            ("uptime", "s", time.ticks_diff(time.ticks_ms(), self.started) // 1000),
+            ("uptime", "s", time.ticks_diff(self.ticks_ms(), self.started) // 1000),
             ("heap_free", "B", self.hw.free_heap()),
+            ("heap_peak", "B", self.heap_peak),
             ("link_resends", "count", self.resends),
+            ("rx_rejects", "count", self.rx_rejects),
             ("store_depth", "count", self.store.depth),
+            ("store_dropped", "count", self.store.dropped),
             ("boot_count", "count", self.boot),
+            ("clock_steps", "count", self.clock.steps),
+            ("safe_mode", "count", 1 if self.safe else 0),
         ]
 
     # --- link ------------------------------------------------------------------------------
@@ -106,7 +198,8 @@ class Node:
 
     def hello(self):
         self.send_control(link.HELLO, {"fw": FW_VERSION, "boot": self.boot, "kind": self.kind,
-                                       "bn": self.base_name, "interval": self.interval})
+                                       "bn": self.base_name, "interval": self.interval,
+                                       "safe": self.safe})
 
     def on_frame(self, raw):
         try:
@@ -125,8 +218,8 @@ class Node:
             return
         self.gw_seq = seq
         if kind == link.TIME:
-            self.hw.set_epoch_ms(body)
-            self.timed.set()
+            if isinstance(body, int):
+                self.set_time(body)
         elif kind == link.CMD:
             self.command(body)
         self.send_control(link.ACK, seq)
@@ -142,12 +235,13 @@ class Node:
 
     async def reader(self, sr):
         deframer = link.Deframer()
-        frames = []  # type: list
+        frames = []
         while True:
             data = await sr.read(256)
             if not data:
                 return
             deframer.feed(data, frames)
+            data = None
             while frames:
                 self.on_frame(frames.pop(0))
 
@@ -159,9 +253,10 @@ class Node:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            seq = link.frame_seq(frame)
+            seq = self.store.seq  # kept beside the frame: nothing to decode here
             self.acked.clear()
             self.write(frame)
+            frame = None
             try:
                 await asyncio.wait_for_ms(self.acked.wait(), backoff)
             except asyncio.TimeoutError:
@@ -172,7 +267,7 @@ class Node:
                 continue
             backoff = ACK_TIMEOUT_MS
             self.store.pop()
-            self.progress += 1
+            self.sent += 1
 
     async def serial_link(self):
         rd, self.write = self.hw.console_link()
@@ -196,6 +291,7 @@ class Node:
                 except OSError:
                     pass
             self.write = write
+            self.wake.set()
             self.hello()
             try:
                 await self.reader(r)
@@ -219,19 +315,32 @@ class Node:
 
     # --- housekeeping ----------------------------------------------------------------------
     async def housekeeping(self):
+        cfg = self.cfg
         start = self.interval_start()
         last_progress = self.progress
         stalled_ms = 0
-        self.hw.start_watchdog(self.cfg.get("watchdog_ms", 30000))
+        stall_ms = cfg.get("stall_ms", 3 * self.interval * 1000 + 10000)
+        healthy_ms = cfg.get("healthy_ms", 2 * self.interval * 1000 + 10000)
+        safe_ms = cfg.get("safe_ms", 3600000)
+        healthy = False
+        self.hw.start_watchdog(cfg.get("watchdog_ms", 30000))
         while True:
             await asyncio.sleep_ms(1000)
+            self.note_heap()
             if self.progress != last_progress:
                 last_progress = self.progress
                 stalled_ms = 0
             else:
                 stalled_ms += 1000
-            if stalled_ms < self.cfg.get("stall_ms", 3 * self.interval * 1000 + 10000):
+            up_ms = time.ticks_diff(self.ticks_ms(), self.started)
+            if self.safe or stalled_ms < stall_ms:
                 self.hw.feed_watchdog()  # fed only while the pipelines progress
+            if not healthy and not self.safe and stalled_ms == 0 and up_ms >= healthy_ms:
+                healthy = True
+                _write_int("unhealthy", 0)
+            if self.safe and up_ms >= safe_ms:
+                _write_int("unhealthy", 0)  # try the sensors again
+                self.reboot_requested = True
             if self.reboot_requested:
                 await asyncio.sleep_ms(200)
                 self.hw.reset()
@@ -254,7 +363,12 @@ class Node:
         except asyncio.TimeoutError:
             pass  # keep the RTC's time and go on; records are still stored
         asyncio.create_task(self.hello_until_timed())
+        while not self.clock.plausible():  # records stamped 2000-01-01 would be worthless
+            await asyncio.sleep_ms(1000)
         asyncio.create_task(self.housekeeping())
+        if self.safe:
+            while True:  # link-only: health from housekeeping, the store drains
+                await asyncio.sleep_ms(60000)
         await pipeline(self)
 
 

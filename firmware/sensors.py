@@ -78,7 +78,7 @@ async def traffic(node):
     lanes = cfg.get("lanes", 1)
     ring = EdgeRing(256)
     start = node.interval_start()
-    start_us = time.ticks_add(time.ticks_us(), -(node.hw.epoch_ms() - start * 1000) * 1000)
+    start_us = time.ticks_add(time.ticks_us(), -(node.epoch_ms() - start * 1000) * 1000)
     det = Loops(lanes, cfg.get("loop_length", 2.0), cfg.get("loop_spacing", 4.0),
                 min_speed=cfg.get("min_speed", 5.0), start_us=start_us)
     pins = node.hw.loop_inputs(lanes, ring)  # noqa: F841 (kept alive: their IRQs fill the ring)
@@ -91,7 +91,7 @@ async def traffic(node):
         if now != start:
             # the boundary in ticks; the interval closes once its last vehicle can have reached
             # loop B (Loops.grace_us later)
-            late_us = (node.hw.epoch_ms() - now * 1000) * 1000
+            late_us = (node.epoch_ms() - now * 1000) * 1000
             end_us = time.ticks_add(time.ticks_us(), -late_us)
             pending.append((start, end_us, time.ticks_add(time.ticks_ms(), det.grace_us // 1000)))
             start = now

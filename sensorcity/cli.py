@@ -13,24 +13,40 @@ from pathlib import Path
 from .errors import FatalError
 
 
-def _gateway_run(a):
+def _gateway_config(a):
     from .gateway import config as gwconfig
+    path = a.config or (gwconfig.DEFAULT_PATH if gwconfig.DEFAULT_PATH.exists() else None)
+    return gwconfig.load(path, listen=getattr(a, "listen", None),
+                         serial=getattr(a, "serial", None), brokers=getattr(a, "broker", None),
+                         spool=getattr(a, "spool", None), nodes=getattr(a, "nodes", None),
+                         gateway_id=getattr(a, "gateway_id", None),
+                         metrics=getattr(a, "metrics", None))
+
+
+def _gateway_run(a):
+    import os
     from .gateway.service import Gateway
-    cfg = gwconfig.load(a.config or (gwconfig.DEFAULT_PATH if gwconfig.DEFAULT_PATH.exists()
-                                     else None),
-                        listen=a.listen, serial=a.serial, brokers=a.broker, spool=a.spool,
-                        nodes=a.nodes, gateway_id=a.gateway_id)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    asyncio.run(Gateway(cfg).run())
+    cfg = _gateway_config(a)
+    # the journal stamps each line itself
+    fmt = "%(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    asyncio.run(Gateway(cfg).run(handle_signals=True))
 
 
 def _gateway_check(a):
     from .gateway import config as gwconfig
     from .gateway.registry import Registry
+    from .gateway.uplink import tls_context
     cfg = gwconfig.load(a.config or gwconfig.DEFAULT_PATH)
     reg = Registry.load(cfg.nodes)
+    brokers = cfg.broker_list()
+    if any(b.tls for b in brokers):
+        tls_context(cfg)  # the CA, certificate and key load, and the key fits the certificate
+    shown = ", ".join(f"{'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}" for b in brokers)
     print(f"config ok: gateway {cfg.gateway_id}, {len(cfg.listen)} TCP listeners, "
-          f"{len(cfg.serial)} serial links, {len(reg.nodes)} nodes, brokers {', '.join(cfg.brokers)}")
+          f"{len(cfg.serial)} serial patterns, {len(reg.nodes)} nodes, brokers {shown}, "
+          f"metrics {cfg.metrics or 'off'}")
 
 
 def _provision(a):
@@ -46,8 +62,10 @@ def _emulate(a):
     from .tools.emulate import EmulatedNode
     if a.target != "unix":
         raise FatalError("--target qemu is not available yet: use --target unix")
+    if a.speed <= 0:
+        raise FatalError(f"--speed {a.speed}: give a factor above 0")
     node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
-                        log=sys.stderr)
+                        log=sys.stderr, speed=1 if a.realtime else a.speed)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     node.start()
     print(f"emulating {node.node['node_id']} ({node.node['sensor']}) on {a.port}; Ctrl-C stops",
@@ -109,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     gr = gsub.add_parser("run", help="run the gateway")
     gr.add_argument("--config", help="TOML file (default /etc/sensorcity/gateway.toml)")
     gr.add_argument("--listen", action="append", help="tcp://HOST:PORT, repeatable")
-    gr.add_argument("--serial", action="append", help="serial device, repeatable")
+    gr.add_argument("--serial", action="append",
+                    help="serial device or glob (watched for hot-plug), repeatable")
     gr.add_argument("--broker", action="append", help="mqtt[s]://HOST:PORT, repeatable (failover)")
     gr.add_argument("--spool", help="spool directory")
     gr.add_argument("--nodes", help="node registry written by `sensorcity provision`")
     gr.add_argument("--gateway-id", help="id in the MQTT topics (default: host name)")
+    gr.add_argument("--metrics", help="HOST:PORT of /metrics and /healthz (\"\" turns it off)")
     gr.set_defaults(func=_gateway_run)
     gc = gsub.add_parser("check-config", help="check a gateway config and say what it holds")
     gc.add_argument("--config")
@@ -136,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--port", required=True, help="serial device or tcp://HOST:PORT")
     em.add_argument("--interval", type=int)
     em.add_argument("--realtime", action="store_true",
-                    help="sensor input at its real rate (the emulated board always runs on the "
-                         "wall clock; see docs/emulation.md)")
+                    help="the board's clock at wall-clock rate, as is the default (overrides "
+                         "--speed; see docs/node.md)")
+    em.add_argument("--speed", type=float, default=1.0,
+                    help="the board's clock runs this many times faster than the wall clock "
+                         "(a simulated day in 24 h / SPEED; see docs/node.md)")
     em.add_argument("--target", choices=["unix", "qemu"], default="unix")
     em.add_argument("--heap", default="128k",
                     help="emulated heap (default 128k: the 64-bit unix port's objects are about "

@@ -73,33 +73,34 @@ class _Feeder(threading.Thread):
         self.server.close()
 
 
-def _noise_feeder(rate: int, sens: float, seed: int) -> _Feeder:
+def _noise_feeder(rate: int, sens: float, seed: int, speed: float = 1) -> _Feeder:
     src = signals.StreetNoise(rate, sens, seed)
     chunk = rate // 20 * 4
 
     def produce(t0):
         sec = src.second()
         return [(t0 + i * 0.05, sec[i * chunk:(i + 1) * chunk]) for i in range(20)]
-    return _Feeder(produce, 1.0)
+    return _Feeder(produce, 1.0)  # audio at its real rate: a faster clock hears less of it
 
 
-def _meter_feeder(seed: int) -> _Feeder:
+def _meter_feeder(seed: int, speed: float = 1) -> _Feeder:
     meter = signals.Meter(seed)
-    return _Feeder(lambda t0: [(t0, meter.second())], 1.0)
+    # a telegram each second of the board's clock, at most 50 a second on the host's
+    return _Feeder(lambda t0: [(t0, meter.second())], max(1.0 / speed, 0.02))
 
 
-def _traffic_feeder(seed: int, spacing: float, loop_length: float) -> _Feeder:
+def _traffic_feeder(seed: int, spacing: float, loop_length: float, speed: float = 1) -> _Feeder:
     lane = signals.Traffic(TRAFFIC_PINS, spacing, loop_length, seed)
 
     def produce(t0):
         edges = lane.vehicle(t0 + 0.1) if lane.rng.random() < 0.6 else []
-        return [(t, f"{pin} {state}\n".encode()) for t, pin, state in edges]
-    return _Feeder(produce, 2.0)
+        return [(t0 + (t - t0) / speed, f"{pin} {state}\n".encode()) for t, pin, state in edges]
+    return _Feeder(produce, 2.0 / speed)
 
 
 class EmulatedNode:
     def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "128k",
-                 seed: int = 0, log=None):
+                 seed: int = 0, log=None, speed: float = 1, clock_offset: float = 0.0):
         self.config = Path(config).resolve()
         try:
             self.node = json.loads(self.config.read_text())
@@ -115,6 +116,9 @@ class EmulatedNode:
         self.feeders: list[_Feeder] = []
         self.tty_fd: int | None = None
         self.boots = 0
+        # the board's RTC: host time + clock_offset at start, running `speed` times faster
+        self.speed = speed
+        self._epoch0 = (time.time() + clock_offset, time.time())
         self._stop = threading.Event()
 
     def _link(self) -> dict:
@@ -126,13 +130,13 @@ class EmulatedNode:
         kind = self.node["sensor"]
         if kind == "noise":
             f = _noise_feeder(self.node.get("rate", 48000), self.node.get("mic_sensitivity", -26.0),
-                              self.seed)
+                              self.seed, self.speed)
             name = "i2s"
         elif kind == "energy":
-            f, name = _meter_feeder(self.seed), "uart2"
+            f, name = _meter_feeder(self.seed, self.speed), "uart2"
         elif kind == "traffic":
             f = _traffic_feeder(self.seed, self.node.get("loop_spacing", 4.0),
-                                self.node.get("loop_length", 2.0))
+                                self.node.get("loop_length", 2.0), self.speed)
             name = "edges"
         else:
             raise FatalError(f"{self.config}: unknown sensor {kind!r}")
@@ -148,7 +152,9 @@ class EmulatedNode:
         emu = {"flash": str(image), "flash_blocks": FLASH_BLOCKS,
                "emulator": str(compile_dir(EMULATOR_DIR)),
                "firmware": str(compile_dir(firmware_dir())), "node": node,
-               "uid": node.get("uid", "a0b1c2d3e4f5")}
+               "uid": node.get("uid", "a0b1c2d3e4f5"), "speed": self.speed,
+               "rtc": str(image.with_suffix(".rtc"))}
+        image.with_suffix(".rtc").unlink(missing_ok=True)  # power on: the RTC starts unset
         emu.update(self._peripherals())
         self.env = dict(os.environ, SENSORCITY_EMU=json.dumps(emu))
         if not self.port.startswith("tcp://"):
@@ -161,6 +167,9 @@ class EmulatedNode:
 
     def _spawn(self):
         self.boots += 1
+        e0, h0 = self._epoch0
+        self.env["SENSORCITY_EMU"] = json.dumps(dict(json.loads(self.env["SENSORCITY_EMU"]),
+                                                     epoch=e0 + (time.time() - h0) * self.speed))
         log = self.log or subprocess.DEVNULL
         serial = self.tty_fd is not None
         self.proc = subprocess.Popen(

@@ -107,7 +107,19 @@ class RTC:
         if dt is None:
             t = time.gmtime()
             return (t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0)
-        # the host clock cannot be set: the hardware layer keeps the offset itself
+        # the emulated clock (time.py here) moves by the difference, and keeps it over a reset
+        secs = _utc_seconds(dt[0], dt[1], dt[2]) + dt[4] * 3600 + dt[5] * 60 + dt[6]
+        time._adjust(secs - int(time.time()))
+
+
+def _utc_seconds(y, m, d):
+    # days since 1970-01-01 of a proleptic Gregorian date (time.mktime would apply the host's TZ)
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return (era * 146097 + doe - 719468) * 86400
 
 
 PWRON_RESET = 1

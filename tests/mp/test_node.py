@@ -1,0 +1,176 @@
+# The node runtime under the unix port, driven by hand: a fake clock (ticks), a fake board and a
+# fake gateway's time frames. Interval times must stay on the interval grid, strictly increasing,
+# through clock steps back and forward; sequence numbers never repeat across reboots.
+import binascii
+import os
+import random
+import time
+
+import link
+import node
+
+KEY = "00112233445566778899aabbccddeeff"
+DAY0 = 1767225600000  # 2026-01-01T00:00:00Z in ms
+
+
+class Ticks:
+    def __init__(self):
+        self.ms = 1000
+
+    def __call__(self):
+        return self.ms
+
+
+class Board:
+    def __init__(self, epoch_ms):
+        self.rtc = epoch_ms
+        self.resets = 0
+
+    def epoch_ms(self):
+        return self.rtc
+
+    def set_epoch_ms(self, ms):
+        self.rtc = ms
+
+    def free_heap(self):
+        return 1000
+
+    def reset(self):
+        self.resets += 1
+
+
+def _fresh_dir():
+    d = "/tmp/sc_node_%d" % time.ticks_us()
+    os.mkdir(d)
+    os.chdir(d)
+
+
+def _node(board, ticks, interval=60):
+    cfg = {"node_id": "n1", "key": KEY, "sensor": "energy", "base_name": "urn:dev:ow:n1:",
+           "interval": interval}
+    n = node.Node(cfg, board, ticks)
+    n.write = lambda b: None
+    return n
+
+
+_gw_seq = [0]
+
+
+def time_frame(ms):
+    _gw_seq[0] += 1
+    wire = link.encode_frame(binascii.unhexlify(KEY), link.TIME, "n1", _gw_seq[0], ms)
+    return wire[:-1]  # the deframer hands frames over without their delimiter
+
+
+def test_small_error_is_slewed_never_backwards():
+    ticks = Ticks()
+    c = node.Clock(DAY0, ticks)
+    assert c.set(DAY0 - 1500) == 0  # 1.5 s fast: slewed
+    last = c.now_ms()
+    for _ in range(4000):
+        ticks.ms += 100
+        now = c.now_ms()
+        assert now >= last
+        last = now
+    # 400 s passed; 1/256 of it (1562 ms) covers the whole 1500 ms error
+    assert last == DAY0 + 400000 - 1500, last - (DAY0 + 400000)
+    assert c.steps == 0
+
+
+def test_large_error_is_stepped():
+    ticks = Ticks()
+    c = node.Clock(DAY0, ticks)
+    assert c.set(DAY0 + 3600000) == 3600000
+    assert c.now_ms() == DAY0 + 3600000 and c.steps == 1
+
+
+def _run(n, board, ticks, seconds, jumps, opened=None):
+    """Drive a pipeline's interval loop once a second; jumps: {second: gateway time in ms};
+    opened gets {second: the interval open when that time frame came}."""
+    out = []
+    start = n.interval_start()
+    for s in range(seconds):
+        ticks.ms += 1000
+        if s in jumps:
+            if opened is not None:
+                opened[s] = start
+            n.on_frame(time_frame(jumps[s]))
+        now = n.interval_start()
+        if now != start:
+            out.append(start)
+            start = now
+    return out, start
+
+
+def test_clock_jumps_from_the_gateway_keep_the_interval_grid():
+    _fresh_dir()
+    ticks = Ticks()
+    board = Board(DAY0 + 30000)
+    n = _node(board, ticks)
+    virtual = DAY0 + 30000  # the gateway's clock, one second per step as the node's
+    jumps = {100: virtual + 100000 - 600000,  # back 10 min
+             400: virtual + 400000 + 3600000,  # forward 1 h
+             700: virtual + 700000 + 3600000 - 90000,  # back 90 s
+             900: virtual + 900000 + 3600000 - 90000 + 1200}  # 1.2 s: slewed
+    opened = {}
+    times, last = _run(n, board, ticks, 1200, jumps, opened)
+    assert n.rx_rejects == 0
+    assert all(t % 60 == 0 for t in times)
+    assert times == sorted(set(times)), "no duplicate or overlapping interval"
+    gaps = [b - a for a, b in zip(times, times[1:]) if b - a != 60]
+    assert len(gaps) == 1 and gaps[0] > 3000, gaps  # only the hour that never happened
+    # the interval in progress when the clock leapt forward was closed, not lost
+    assert opened[400] in times and opened[400] < times[-1]
+    assert n.clock.steps == 3
+    # the board's RTC was set with the last step, so a reset keeps the gateway's time
+    assert board.rtc == jumps[700]
+
+
+def test_a_reboot_after_a_step_back_reopens_no_earlier_interval():
+    _fresh_dir()
+    ticks = Ticks()
+    board = Board(DAY0 + 30000)
+    n = _node(board, ticks)
+    times, open_at = _run(n, board, ticks, 200, {150: DAY0 + 30000 + 150000 - 1800000})
+    rebooted = _node(Board(board.rtc), Ticks())  # RTC kept the stepped-back time
+    again, _ = _run(rebooted, board, Ticks(), 120, {})
+    assert rebooted.interval_start() >= open_at
+    assert all(t >= open_at for t in again)
+    assert not set(times) & set(again)
+
+
+def test_sequence_never_repeats_across_reboots():
+    _fresh_dir()
+    rng = random.Random(7) if hasattr(random, "Random") else None
+    seen = []
+    for boot in range(30):
+        seq = node.Sequence("seq")
+        for _ in range((rng.randrange(150) if rng else random.getrandbits(7))):
+            seen.append(seq.take())
+    assert seen == sorted(set(seen)), "repeated or out of order"
+
+
+def test_boot_count_and_crash_loop_fall_back_to_link_only():
+    _fresh_dir()
+    ticks = Ticks()
+    boots = [_node(Board(DAY0), ticks) for _ in range(node.CRASH_BOOTS + 1)]
+    assert [b.boot for b in boots] == list(range(1, node.CRASH_BOOTS + 2))
+    assert [b.safe for b in boots] == [False] * node.CRASH_BOOTS + [True]
+    assert ("safe_mode", "count", 1) in boots[-1].health()
+    node._write_int("unhealthy", 0)  # a run reached health
+    assert not _node(Board(DAY0), ticks).safe
+
+
+def test_replayed_time_frame_is_rejected():
+    _fresh_dir()
+    ticks = Ticks()
+    n = _node(Board(DAY0), ticks)
+    f = time_frame(DAY0 + 10 * 3600000)
+    n.on_frame(f)
+    n.on_frame(f)
+    assert n.rx_rejects == 1 and n.clock.steps == 1
+
+
+import mptest  # noqa: E402
+
+mptest.run(globals())
