@@ -232,6 +232,11 @@ class Node:
             self.interval = body["value"]
         elif op == "reboot":
             self.reboot_requested = True
+        elif op == "calibration" and isinstance(body.get("value"), (int, float)):
+            # `sensorcity calibrate`: the noise offset is kept in node.json, applied at reboot
+            self.cfg["calibration_db"] = body["value"]
+            save_config(self.cfg)
+            self.reboot_requested = True
 
     async def reader(self, sr):
         deframer = link.Deframer()
@@ -370,6 +375,13 @@ class Node:
             while True:  # link-only: health from housekeeping, the store drains
                 await asyncio.sleep_ms(60000)
         await pipeline(self)
+
+
+def save_config(cfg, path="node.json"):
+    with open(path + ".new", "w") as f:
+        json.dump(cfg, f)
+    import os
+    os.rename(path + ".new", path)
 
 
 def load_config(path="node.json"):
