@@ -10,17 +10,26 @@ The firmware is built by hil_tests/qemu/build.sh (see docs/qemu.md).
 """
 
 import binascii
+import json
+import os
 import re
+import select
 import subprocess
 import tempfile
+import termios
+import threading
 import time
+import tty
 from pathlib import Path
 
 import serial
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "hil_tests" / "qemu" / "build.sh"
+BOARD_DIR = ROOT / "tools" / "emulator" / "qemu"  # board-side helpers, flashimage.py
 TICKS_PERIOD = 1 << 30  # MicroPython's ticks wrap here on 32-bit boards
+PSRAM_SIZE = 16 << 20  # the AN385's PSRAM, the flash file's size; littlefs uses its first 2 MiB
+FLASH_BLOCKS = 512  # of 4096 bytes, as hil_tests/qemu/_boot.py mounts them
 
 _PTY_LINE = re.compile(rb"redirected to (/dev/pts/\d+) \(label serial(\d)\)")
 _RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
@@ -32,6 +41,30 @@ class QemuError(Exception):
     def __init__(self, message, output=b""):
         super().__init__(message)
         self.output = output
+
+
+def heap_bytes(size):
+    """A heap size as `--heap` takes it (65536, "64k", "1m") -> bytes."""
+    t = str(size).strip().lower().rstrip("b")
+    scale = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
+    return int(t[:-1] if scale > 1 else t) * scale
+
+
+def write_flash(image, files):
+    """Put files ({board path: local Path}) into a flash image file for QemuBoard(flash=...),
+    creating it if needed, and return its path; other files on it stay. Runs the host's MicroPython unix port, whose
+    littlefs writes what the board's reads."""
+    from ..paths import micropython_bin
+    image = Path(image)
+    if not image.exists() or image.stat().st_size != PSRAM_SIZE:
+        with open(image, "wb") as f:
+            f.truncate(PSRAM_SIZE)  # sparse: only what littlefs writes takes disk space
+    args = [a for dst, src in files.items() for a in (dst, str(src))]
+    proc = subprocess.run([micropython_bin(), str(BOARD_DIR / "flashimage.py"), str(image),
+                           str(FLASH_BLOCKS), *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise QemuError(f"writing the flash image {image} failed:\n{proc.stderr}")
+    return image
 
 
 def ensure_built():
@@ -47,10 +80,14 @@ class QemuBoard:
 
     heap: GC heap in bytes (default 140 KiB, what an ESP32 leaves free). ticks_us: the boot value
     of the microsecond clock, to reach the 2^30 wrap of ticks_ms/ticks_us in seconds.
+    flash: an image file (write_flash) that backs the board's PSRAM, where its filesystem lives;
+    without one the filesystem is empty at each start. repl=False leaves the board running
+    boot.py and main.py, as on power-up, instead of interrupting it into the raw REPL.
     qemu_args: QEMU options in place of `-monitor null`, e.g. a monitor socket to inspect a hang.
     """
 
-    def __init__(self, elf=None, heap=None, ticks_us=None, boot_timeout=20, qemu_args=()):
+    def __init__(self, elf=None, heap=None, ticks_us=None, boot_timeout=20, qemu_args=(),
+                 flash=None, repl=True):
         self.elf = Path(elf) if elf else ensure_built()
         self.boot_args = ["firmware"]
         if heap is not None:
@@ -59,6 +96,8 @@ class QemuBoard:
             self.boot_args.append(f"ticks_us={int(ticks_us)}")
         self.boot_timeout = boot_timeout
         self.qemu_args = list(qemu_args) or ["-monitor", "null"]
+        self.flash = flash
+        self.repl = repl
         self.proc = None
         self.serial = None
         self.port = self.sensor_port = None
@@ -67,8 +106,13 @@ class QemuBoard:
     def __enter__(self):
         self._log = tempfile.TemporaryFile()
         semihosting = "enable=on,target=native," + ",".join(f"arg={a}" for a in self.boot_args)
+        machine = ["-machine", "mps2-an385"]
+        if self.flash:
+            machine = ["-object", f"memory-backend-file,id=flash,size={PSRAM_SIZE},"
+                       f"mem-path={self.flash},share=on",
+                       "-machine", "mps2-an385,memory-backend=flash"]
         self.proc = subprocess.Popen(
-            ["qemu-system-arm", "-machine", "mps2-an385", "-nographic",
+            ["qemu-system-arm", *machine, "-nographic",
              "-semihosting-config", semihosting, "-serial", "pty", "-serial", "pty",
              "-kernel", str(self.elf), *self.qemu_args],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
@@ -76,7 +120,8 @@ class QemuBoard:
             ptys = self._wait_ptys()
             self.port, self.sensor_port = ptys["0"], ptys["1"]
             self.serial = serial.Serial(self.port, timeout=0.1)
-            self.enter_raw_repl()
+            if self.repl:
+                self.enter_raw_repl()
         except BaseException:
             self.close()
             raise
@@ -147,6 +192,10 @@ class QemuBoard:
     def exec(self, code, timeout=30):
         """Run code in the raw REPL and return its stdout; a Python error raises QemuError."""
         self.start(code)
+        return self.result(timeout)
+
+    def result(self, timeout=30):
+        """The stdout of the code start() left running, once it ends; its error raises QemuError."""
         out = self.read_until(b"\x04", timeout)[:-1]
         err = self.read_until(b"\x04>", timeout)[:-2]
         if err:
@@ -166,6 +215,12 @@ class QemuBoard:
             self.exec(f"_f.write(_a({b64!r}))")
         self.exec("_f.close()\ndel _f, _a")
 
+    def put_dir(self, local, remote="", suffixes=(".mpy", ".py")):
+        """Copy the files of a local folder (not its subfolders) into a folder on the board."""
+        for f in sorted(Path(local).iterdir()):
+            if f.is_file() and f.suffix in suffixes:
+                self.put_file(f"{remote}/{f.name}" if remote else f.name, f)
+
     def soft_reset(self):
         """Ctrl-D from the friendly REPL: the board reboots, keeps its files, runs main.py."""
         self.serial.write(b"\x02")  # leave the raw REPL
@@ -173,3 +228,118 @@ class QemuBoard:
         self.discard_input()
         self.serial.write(b"\x04")
         return self.read_until(b"MPY: soft reboot\r\n", timeout=5)
+
+
+class QemuNode:
+    """`sensorcity emulate --target qemu`: a node's firmware, unmodified, on the QEMU board.
+
+    Its flash is an image file beside the config (NODE.qemu-flash.img), its link UART0 joined to
+    the serial device `port`, its P1 meter (tools/signals.Meter) on UART1. machine.reset() and
+    the watchdog end QEMU; supervise() starts it again on the same flash, as a board reboots.
+    The board's clock starts `wrap_in` seconds before ticks_ms and ticks_us wrap at 2^30, so each
+    run crosses the wrap early (Linux starts its jiffies shortly before their wrap for the same
+    reason); None starts it at 0.
+    """
+
+    def __init__(self, config, port, interval=None, heap="128k", seed=0, log=None, wrap_in=20.0):
+        from ..errors import FatalError
+        if port.startswith("tcp://"):
+            raise FatalError("--target qemu has no network: give a serial device for --port")
+        self.config = Path(config).resolve()
+        try:
+            self.node = json.loads(self.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise FatalError(f"cannot read node config {config}: {exc}") from exc
+        if self.node.get("sensor") != "energy":
+            raise FatalError(f"{config}: a {self.node.get('sensor')} node needs I2S or pin "
+                             "interrupts, which the QEMU board lacks: use --target unix")
+        if interval:
+            self.node["interval"] = int(interval)
+        self.port = port
+        self.heap = heap_bytes(heap)
+        self.ticks_us = None if wrap_in is None else TICKS_PERIOD * 1000 - int(wrap_in * 1e6)
+        self.meter = None
+        self.seed = seed
+        self.log = log
+        self.image = self.config.with_suffix(".qemu-flash.img")
+        self.board = None
+        self.boots = 0
+        self.tty_fd = None
+        self._stop = threading.Event()
+
+    def start(self):
+        from ..errors import FatalError
+        from ..paths import firmware_dir
+        from .mpy import compile_dir
+        from . import signals
+        fw = compile_dir(firmware_dir(), march="armv7m")
+        files = {f.name: f for f in fw.iterdir() if f.suffix in (".mpy", ".py")}
+        files["lib/machine.mpy"] = compile_dir(BOARD_DIR, march="armv7m") / "machine.mpy"
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = Path(tmp) / "node.json"
+            cfg.write_text(json.dumps(dict(self.node, link={"serial": True})))
+            write_flash(self.image, dict(files, **{"node.json": cfg}))
+        try:
+            self.tty_fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise FatalError(f"cannot open {self.port}: {exc.strerror}") from exc
+        tty.setraw(self.tty_fd, termios.TCSANOW)
+        self.meter = signals.Meter(self.seed)
+        self._spawn()
+
+    def _spawn(self):
+        self.boots += 1
+        self.board = QemuBoard(heap=self.heap, ticks_us=self.ticks_us, flash=self.image,
+                               repl=False).__enter__()
+        if self.log:
+            print(f"qemu node: boot {self.boots}, link {self.board.port} <-> {self.port}, "
+                  f"meter on {self.board.sensor_port}", file=self.log, flush=True)
+        board = self.board
+        threading.Thread(target=self._pump, args=(board,), daemon=True).start()
+        threading.Thread(target=self._feed_meter, args=(board,), daemon=True).start()
+
+    def _pump(self, board):
+        # UART0 <-> the link's serial device, for as long as this board runs
+        ours, theirs = board.serial.fileno(), self.tty_fd
+        while not self._stop.is_set() and board.proc is not None:
+            try:
+                r, _, _ = select.select([ours, theirs], [], [], 0.2)
+                for src, dst in ((ours, theirs), (theirs, ours)):
+                    if src in r:
+                        data = os.read(src, 4096)
+                        while data:
+                            try:
+                                data = data[os.write(dst, data):]
+                            except BlockingIOError:
+                                select.select([], [dst], [], 0.2)
+            except OSError:
+                return  # QEMU ended: the board is off
+
+    def _feed_meter(self, board):
+        # a DSMR 5 telegram each second on the P1 line; the line stays open (QEMU stops
+        # reading a pty nobody holds)
+        try:
+            with serial.Serial(board.sensor_port) as line:
+                while not self._stop.is_set() and board.proc is not None:
+                    line.write(self.meter.second())
+                    self._stop.wait(1.0)
+        except (OSError, serial.SerialException):
+            return
+
+    def supervise(self):
+        """Start the board again whenever it resets (watchdog, reboot command), like a board."""
+        while not self._stop.is_set():
+            code = self.board.proc.wait()
+            if self._stop.is_set():
+                return code
+            self.board.close()
+            time.sleep(0.5)
+            self._spawn()
+
+    def stop(self):
+        self._stop.set()
+        if self.board:
+            self.board.close()
+        if self.tty_fd is not None:
+            os.close(self.tty_fd)
+            self.tty_fd = None

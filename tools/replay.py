@@ -13,6 +13,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from ..errors import FatalError
@@ -101,7 +102,9 @@ def _run_qemu(kind, path, interval, key, node_id, base_name, opts, heap):
     """The same driver on the QEMU board (32-bit Cortex-M3). The input arrives on UART1, audio
     through semihosting instead (UART1 is ten times too slow for it, docs/qemu.md); the frames
     come back on UART0 as base64 lines, since UART0 also carries the raw REPL's framing."""
-    from .qemu import QemuBoard, QemuError, heap_bytes
+    import serial
+
+    from .qemu import BOARD_DIR, QemuBoard, QemuError, heap_bytes, write_flash
     size = path.stat().st_size
     if kind == "noise":
         source, timeout = f"hostfile.HostFile({str(path.resolve())!r})", 60 + size / 500_000
@@ -114,30 +117,34 @@ def _run_qemu(kind, path, interval, key, node_id, base_name, opts, heap):
         f"{node_id!r}, {base_name!r}, json.loads({json.dumps(opts)!r}), "
         "lambda f: out.write(binascii.b2a_base64(f)))\n"
         "out.write(json.dumps(c))\n")
+    fw = compile_dir(firmware_dir(), march="armv7m")
+    helpers = compile_dir(BOARD_DIR, march="armv7m")
+    files = {f.name: f for f in fw.glob("*.mpy")}
+    files.update({f"lib/{n}.mpy": helpers / f"{n}.mpy" for n in ("uartfile", "hostfile")})
+    files["lib/replay.mpy"] = compile_dir(EMULATOR_DIR, march="armv7m") / "replay.mpy"
     try:
-        with QemuBoard(heap=heap_bytes(parse_heap(heap))) as board:
-            board.put_dir(compile_dir(firmware_dir(), march="armv7m"), suffixes=(".mpy",))
-            board.put_dir(compile_dir(EMULATOR_DIR / "qemu", march="armv7m"), "lib")
-            board.put_file("lib/replay.mpy",
-                           compile_dir(EMULATOR_DIR, march="armv7m") / "replay.mpy")
+        with tempfile.TemporaryDirectory(prefix="sensorcity-qemu-") as tmp, \
+                QemuBoard(heap=heap_bytes(parse_heap(heap)),
+                          flash=write_flash(Path(tmp) / "flash.img", files)) as board:
             board.start(code)
-            feeder = None
-            if kind != "noise":  # the recording goes down the sensor line while the board runs
-                feeder = threading.Thread(target=_send, args=(path, board.sensor_port),
-                                          daemon=True)
-                feeder.start()
-            out = board.result(timeout)
-            if feeder:
-                feeder.join(5)
+            if kind == "noise":
+                out = board.result(timeout)
+            else:  # the recording goes down the sensor line while the board runs
+                # the line stays open until the board is done: QEMU stops reading a closed pty
+                with serial.Serial(board.sensor_port) as line:
+                    feeder = threading.Thread(target=_send, args=(path, line), daemon=True)
+                    feeder.start()
+                    out = board.result(timeout)
+                    feeder.join(5)
     except QemuError as exc:
         last = exc.args[0].strip().splitlines()[-1]
         raise FatalError(f"replay failed on the QEMU board: {last}") from exc
-    lines = out.split()
+    lines = out.splitlines()
     return b"".join(binascii.a2b_base64(b) for b in lines[:-1]), json.loads(lines[-1])
 
 
-def _send(path: Path, port: str) -> None:
-    with open(path, "rb") as f, open(port, "wb", buffering=0) as line:
+def _send(path: Path, line) -> None:
+    with open(path, "rb") as f:
         while chunk := f.read(4096):
             line.write(chunk)
 

@@ -1,13 +1,16 @@
-# sensorcity: mount a littlefs filesystem at / as an ESP32 does, on RAM the emulated board has
-# spare (SSRAM2/3 at 0x20000000, outside the GC heap). It survives a soft reset (Ctrl-D), so
-# files copied in over the raw REPL are there when boot.py and main.py run; a hard start of
-# QEMU begins with an empty filesystem.
+# sensorcity: mount a littlefs filesystem at / as an ESP32 does, on the board's PSRAM
+# (0x21000000, outside the GC heap), 2 MiB as an ESP32-DevKitC's filesystem partition. QEMU
+# gives the PSRAM a host file when asked (-object memory-backend-file,share=on with -machine
+# memory-backend=...), which makes it the board's flash chip: it survives machine.reset() (QEMU
+# exits and is started again) and can be written on the host before boot (tools/qemu.py). Without
+# that it is plain RAM: it survives a soft reset (Ctrl-D) but not a restart of QEMU.
 import sys
 import uctypes
 import vfs
 
 _BLOCK = 4096
-_COUNT = 256  # 1 MiB
+_BASE = 0x21000000
+_COUNT = 512  # 2 MiB
 
 
 class RAMBlockDev:
@@ -33,7 +36,7 @@ class RAMBlockDev:
 
 
 def _mount():
-    bdev = RAMBlockDev(uctypes.bytearray_at(0x20000000, _BLOCK * _COUNT), _BLOCK)
+    bdev = RAMBlockDev(uctypes.bytearray_at(_BASE, _BLOCK * _COUNT), _BLOCK)
     try:
         fs = vfs.VfsLfs2(bdev)
     except OSError:
