@@ -50,22 +50,27 @@ def _gateway_check(a):
 
 
 def _provision(a):
-    from .tools.provision import provision
+    from .tools.provision import parse_location, provision
     cfg = provision(a.node_id, a.sensor, Path(a.registry), Path(a.out), interval=a.interval,
                     base_name=a.base_name, mac=a.mac, calibration_db=a.calibration,
-                    board=a.board)
+                    board=a.board,
+                    location=parse_location(a.location) if a.location else None)
     print(f"provisioned {cfg['node_id']} ({cfg['sensor']}, {cfg['base_name']}): "
           f"config {a.out}, registry {a.registry}")
 
 
 def _emulate(a):
     from .tools.emulate import EmulatedNode
-    if a.target != "unix":
-        raise FatalError("--target qemu is not available yet: use --target unix")
     if a.speed <= 0:
         raise FatalError(f"--speed {a.speed}: give a factor above 0")
-    node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
-                        log=sys.stderr, speed=1 if a.realtime else a.speed)
+    if a.target == "qemu":
+        from .tools.qemu import QemuNode
+        if a.speed != 1:
+            raise FatalError("--speed: the QEMU board runs on the wall clock only")
+        node = QemuNode(Path(a.config), a.port, interval=a.interval, heap=a.heap, log=sys.stderr)
+    else:
+        node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
+                            log=sys.stderr, speed=1 if a.realtime else a.speed)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     node.start()
     print(f"emulating {node.node['node_id']} ({node.node['sensor']}) on {a.port}; Ctrl-C stops",
@@ -111,6 +116,86 @@ def _demo(a):
     asyncio.run(run_demo(a.nodes, a.seconds, a.broker, a.interval))
 
 
+def _flash(a):
+    from .tools import flash
+    progress = flash.Progress(quiet=a.quiet)
+    step = a.flash_step
+    if step in (None, "firmware"):
+        if not a.firmware:
+            raise FatalError("give --firmware MICROPYTHON.bin (and --board, or --config)")
+        board = a.board or (_node_board(a.config) if a.config else None)
+        if not board:
+            raise FatalError("give --board B (or --config NODE.json, which names it)")
+        r = flash.flash_firmware(a.port, board, Path(a.firmware), progress, baud=a.baud)
+        print(f"flashed {r['bytes']} bytes at {r['offset']:#x} on {r['chip']} ({r['mac']}), "
+              f"verified; sha256 {r['sha256'][:16]}")
+    if step in (None, "app"):
+        if not a.config:
+            raise FatalError("give --config NODE.json (written by `sensorcity provision`)")
+        r = flash.flash_app(a.port, Path(a.config), progress, wait=a.wait)
+        print(f"app for {r['arch']}: {len(r['written'])} files written, "
+              f"{len(r['unchanged'])} unchanged, sha256 checked on the device")
+    if step is None:
+        hello = flash.wait_hello(a.port, Path(a.config), timeout=a.wait + 20)
+        print(f"node up: fw {hello.get('fw')}, boot {hello.get('boot')}, {hello.get('kind')}, "
+              f"{hello.get('bn')}")
+
+
+def _node_board(config):
+    import json as _json
+    try:
+        return _json.loads(Path(config).read_text()).get("board")
+    except (OSError, ValueError) as exc:
+        raise FatalError(f"cannot read node config {config}: {exc}") from exc
+
+
+def _monitor(a):
+    from .tools.monitor import keys_from, monitor
+    counts = monitor(a.port, keys_from(a.config, a.registry), ack=a.ack, seconds=a.seconds)
+    print(" ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
+
+
+def _calibrate(a):
+    from .tools.calibrate import calibrate
+    r = calibrate(a.port, Path(a.config), a.reference, seconds=a.seconds, count=a.count)
+    print(f"measured {r['measured']:.2f} dB for {r['reference']:.1f} dB: offset "
+          f"{r['old']:+.2f} -> {r['new']:+.2f} dB, written to the node and {a.config}")
+
+
+def _bench_parsers(sub) -> None:
+    fl = sub.add_parser("flash", help="MicroPython (esptool) and the node app (mpremote) onto a "
+                        "board; plain `flash` does both and waits for the node's hello")
+    fl.add_argument("flash_step", nargs="?", choices=["firmware", "app"],
+                    help="only this step (default: both, then wait for the hello)")
+    fl.add_argument("--port", required=True, help="serial device, or socket://HOST:PORT")
+    fl.add_argument("--board", help="board id (default: the one NODE.json names)")
+    fl.add_argument("--firmware", help="MicroPython image (.bin) for the board's chip")
+    fl.add_argument("--config", help="NODE.json from `sensorcity provision`")
+    fl.add_argument("--baud", type=int, default=460800, help="esptool's write speed")
+    fl.add_argument("--wait", type=float, default=10.0,
+                    help="seconds to wait for the REPL after a reset (default 10)")
+    fl.add_argument("--quiet", action="store_true", help="no progress bars")
+    fl.set_defaults(func=_flash)
+
+    mo = sub.add_parser("monitor", help="a node's link, decoded and verified, live")
+    mo.add_argument("--port", required=True)
+    mo.add_argument("--config", help="NODE.json (its key verifies the frames)")
+    mo.add_argument("--registry", help="the gateway's registry, for any of its nodes")
+    mo.add_argument("--ack", action="store_true",
+                    help="act as the gateway: ack and send the time (acked data is not kept)")
+    mo.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
+    mo.set_defaults(func=_monitor)
+
+    ca = sub.add_parser("calibrate", help="set a noise node's offset from an acoustic "
+                        "calibrator on its microphone")
+    ca.add_argument("--port", required=True)
+    ca.add_argument("--config", required=True, help="NODE.json; its offset is updated")
+    ca.add_argument("--reference", type=float, default=94.0, help="calibrator level, dB SPL")
+    ca.add_argument("--seconds", type=int, default=10, help="length of one measurement")
+    ca.add_argument("--count", type=int, default=1, help="measurements averaged")
+    ca.set_defaults(func=_calibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sensorcity", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -148,8 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--base-name", help="SenML base name (default: an RFC 9039 URN)")
     pr.add_argument("--mac", help="the board's MAC, for a urn:dev:mac base name")
     pr.add_argument("--calibration", type=float, default=0.0, help="noise offset in dB")
-    pr.add_argument("--board", default="esp32-devkitc")
+    pr.add_argument("--board", default="esp32-devkitc", help="a board file's id (boards/)")
+    pr.add_argument("--location", help="LAT,LON in WGS84 degrees")
     pr.set_defaults(func=_provision)
+    _bench_parsers(sub)
 
     em = sub.add_parser("emulate", help="run a node's firmware on the emulated board")
     em.add_argument("--config", required=True)

@@ -10,16 +10,30 @@ from pathlib import Path
 
 from ..errors import FatalError
 from ..gateway.registry import NodeEntry, Registry
+from . import boards
 
 SENSORS = ("noise", "energy", "traffic")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
+
+
+def parse_location(text: str) -> tuple[float, float]:
+    """'52.0907,5.1214' (WGS84 degrees, latitude first) -> (lat, lon)."""
+    try:
+        lat, lon = (float(x) for x in text.split(","))
+    except ValueError as exc:
+        raise FatalError(f"--location {text!r}: give LAT,LON in degrees, e.g. 52.0907,5.1214") \
+            from exc
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise FatalError(f"--location {text!r}: latitude within +-90, longitude within +-180")
+    return lat, lon
 
 
 def base_name_for(node_id: str, mac: str | None = None) -> str:
     """RFC 9039 URN: urn:dev:mac when the board's MAC is known, else an organisation-scoped one
     (PEN 32473 is the documentation number of RFC 5612: set your own with --base-name)."""
     if mac:
-        return f"urn:dev:mac:{mac.replace(':', '').lower()}:"
+        return f"urn:dev:mac:{mac.replace(':', '').replace('-', '').lower()}:"
     return f"urn:dev:org:32473-sensorcity-{node_id}:"
 
 
@@ -30,6 +44,15 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
         raise FatalError(f"node id {node_id!r}: use 1-32 letters, digits, '.', '_' or '-'")
     if sensor not in SENSORS:
         raise FatalError(f"sensor {sensor!r}: use one of {', '.join(SENSORS)}")
+    spec = boards.load(board)
+    if sensor not in spec["sensors"]:
+        raise FatalError(f"board {board} has no {sensor} input; it carries "
+                         f"{', '.join(spec['sensors'])}")
+    if mac and not _MAC.match(mac):
+        raise FatalError(f"--mac {mac!r}: give six hex bytes, e.g. 24:0a:c4:12:34:56")
+    if not -40.0 <= calibration_db <= 40.0:
+        raise FatalError(f"--calibration {calibration_db}: an offset beyond 40 dB is a wrong "
+                         f"microphone or sensitivity, not a calibration")
     key = secrets.token_bytes(32)
     cfg = {
         "node_id": node_id, "key": key.hex(), "sensor": sensor,
