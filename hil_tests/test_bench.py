@@ -182,6 +182,23 @@ def test_bench_flow_provision_flash_boot_hello_gateway(mosquitto, tmp_path):
         assert abs(laeq[0][2] - 70.0) < 0.2, laeq
 
 
+def test_plain_flash_does_both_then_waits_for_the_hello(rom, tmp_path):
+    # esptool talks to the ROM emulator; the REPL and the link are the bench board's console
+    url = rom("esp32")
+    image = tmp_path / "micropython.bin"
+    image.write_bytes(os.urandom(50_000))
+    _, cfg = _provision(tmp_path, "both-1", sensor="energy")
+    with BenchBoard(tmp_path / "flash.img") as board:
+        p = run("flash", "--port", url, "--repl-port", board.port, "--config", cfg,
+                "--firmware", image, "--quiet")
+        assert p.returncode == 0, p.stderr + board.log()
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("flashed 50000 bytes at 0x1000 on ESP32") and "verified" in lines[0]
+    assert "sha256 checked" in lines[1]
+    assert lines[2].startswith("node up:") and "energy" in lines[2], lines
+    assert esptool_verify(url, 0x1000, image).returncode == 0
+
+
 def test_calibrate_with_a_94_db_calibrator(tmp_path):
     _, cfg = _provision(tmp_path, "cal-1", interval=30)
     hot = 2.5  # this microphone reads 2.5 dB above its datasheet sensitivity

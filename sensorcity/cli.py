@@ -132,11 +132,11 @@ def _flash(a):
     if step in (None, "app"):
         if not a.config:
             raise FatalError("give --config NODE.json (written by `sensorcity provision`)")
-        r = flash.flash_app(a.port, Path(a.config), progress, wait=a.wait)
+        r = flash.flash_app(a.repl_port or a.port, Path(a.config), progress, wait=a.wait)
         print(f"app for {r['arch']}: {len(r['written'])} files written, "
               f"{len(r['unchanged'])} unchanged, sha256 checked on the device")
     if step is None:
-        hello = flash.wait_hello(a.port, Path(a.config), timeout=a.wait + 20)
+        hello = flash.wait_hello(a.repl_port or a.port, Path(a.config), timeout=a.wait + 20)
         print(f"node up: fw {hello.get('fw')}, boot {hello.get('boot')}, {hello.get('kind')}, "
               f"{hello.get('bn')}")
 
@@ -168,6 +168,8 @@ def _bench_parsers(sub) -> None:
     fl.add_argument("flash_step", nargs="?", choices=["firmware", "app"],
                     help="only this step (default: both, then wait for the hello)")
     fl.add_argument("--port", required=True, help="serial device, or socket://HOST:PORT")
+    fl.add_argument("--repl-port", help="the console, when it is not --port (an ESP32-S3's "
+                    "native USB while esptool uses its UART bridge)")
     fl.add_argument("--board", help="board id (default: the one NODE.json names)")
     fl.add_argument("--firmware", help="MicroPython image (.bin) for the board's chip")
     fl.add_argument("--config", help="NODE.json from `sensorcity provision`")

@@ -107,3 +107,24 @@ def test_generated_constants_under_micropython(tmp_path):
         assert out == [bid, b["chip"], i2s.get("sck"), i2s.get("ws"), i2s.get("sd"), b["mic"],
                        b["mic_sensitivity_dbfs"], b["mic_rate"], b["uarts"]["p1"]["rx"],
                        b["uarts"]["p1"]["tx"], b["loops"]]
+
+
+def test_provision_checks_the_board_and_keeps_location(tmp_path):
+    from sensorcity.tools.provision import parse_location, provision
+    reg, out = tmp_path / "reg.json", tmp_path / "n.json"
+    with pytest.raises(FatalError, match="board olimex-esp32-poe has no noise input"):
+        provision("n1", "noise", reg, out, board="olimex-esp32-poe")
+    with pytest.raises(FatalError, match="is unknown"):
+        provision("n1", "noise", reg, out, board="esp32-c3-mini")
+    with pytest.raises(FatalError, match="six hex bytes"):
+        provision("n1", "noise", reg, out, mac="24:0a:c4")
+    for bad in ("52.1", "52.1;5.2", "91,5", "52,181"):
+        with pytest.raises(FatalError, match="--location"):
+            parse_location(bad)
+    assert not out.exists() and not reg.exists()
+    cfg = provision("p1", "energy", reg, out, board="olimex-esp32-poe", mac="24-0A-C4-12-34-56",
+                    location=parse_location("52.0907,5.1214"), calibration_db=-1.5)
+    saved = json.loads(out.read_text())
+    assert saved == cfg and saved["board"] == "olimex-esp32-poe"
+    assert saved["location"] == {"lat": 52.0907, "lon": 5.1214}
+    assert saved["base_name"] == "urn:dev:mac:240ac4123456:" and saved["calibration_db"] == -1.5
