@@ -43,15 +43,16 @@ def resolve(pack, now: float = 0.0) -> list[Record]:
     for rec in pack:
         if not isinstance(rec, dict) or not set(rec) <= _KNOWN:
             raise SenMLError("record is not a map of SenML labels")
-        if BVER in rec and rec[BVER] > 10:
+        if BVER in rec and (not _is_num(rec[BVER]) or rec[BVER] > 10):
             raise SenMLError("unsupported SenML version")
         bn = rec.get(BN, bn)
         bt = rec.get(BT, bt)
         bu = rec.get(BU, bu)
         bv = rec.get(BV, bv)
-        if not isinstance(bn, str) or not _is_num(bt):
-            raise SenMLError("bad base name or base time")
-        name = bn + rec.get(N, "")
+        if not isinstance(bn, str) or not _is_num(bt) or not (bv is None or _is_num(bv)):
+            raise SenMLError("bad base name, base time or base value")
+        name = rec.get(N, "")
+        name = bn + name if isinstance(name, str) else None
         if not isinstance(name, str) or not _NAME.match(name):
             raise SenMLError(f"bad name {name!r}")
         values = [k for k in (V, VS, VB, VD) if k in rec]
@@ -62,16 +63,20 @@ def resolve(pack, now: float = 0.0) -> list[Record]:
             if isinstance(value, Decimal):  # a decimal fraction (tag 4): exact on the link
                 value = float(value) if value.is_finite() else math.nan
             if values[0] == V:
-                if not _is_num(value) or (isinstance(value, float) and not math.isfinite(value)):
+                if bv is not None and _is_num(value):
+                    value = _add(bv, value)
+                if not _finite(value):
                     raise SenMLError(f"{name}: value is not a finite number")
-                if bv is not None:
-                    value = bv + value
+            elif not isinstance(value, _VALUE_TYPES[values[0]]):
+                raise SenMLError(f"{name}: value of the wrong type")
         else:
             value = rec[S]
+            if not _finite(value):
+                raise SenMLError(f"{name}: sum is not a finite number")
         t = rec.get(T, 0)
-        if not _is_num(t):
+        t = _add(bt, t) if _is_num(t) else None
+        if not _finite(t):
             raise SenMLError(f"{name}: bad time")
-        t = bt + t
         if t < 2 ** 28:  # relative to now (RFC 8428 section 4.5.3)
             t = now + t if now else t
         unit = rec.get(U, bu)
@@ -83,6 +88,24 @@ def resolve(pack, now: float = 0.0) -> list[Record]:
 
 def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _finite(x) -> bool:
+    """A number a float holds (a bignum or inf from a hostile frame is not)."""
+    try:
+        return _is_num(x) and math.isfinite(x)
+    except OverflowError:
+        return False
+
+
+def _add(a, b):
+    try:
+        return a + b
+    except OverflowError:  # a float plus a bignum beyond it
+        return math.inf
+
+
+_VALUE_TYPES = {VS: str, VB: bool, VD: bytes}
 
 
 def pack(records: list[Record]) -> list[dict]:

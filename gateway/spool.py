@@ -268,5 +268,6 @@ class Spool:
         with self.transaction():
             row = self.db.execute("SELECT seq FROM downlink WHERE node = ?", (node,)).fetchone()
             seq = (row[0] + 1) if row else 0
-            self.db.execute("INSERT OR REPLACE INTO downlink (node, seq) VALUES (?, ?)", (node, seq))
+            self.db.execute("INSERT OR REPLACE INTO downlink (node, seq) VALUES (?, ?)",
+                            (node, seq))
         return seq
