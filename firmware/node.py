@@ -24,6 +24,7 @@ STEP_MS = const(2000)  # a clock error beyond this is stepped, a smaller one sle
 SLEW_SHIFT = const(8)  # slew by at most 1/256 of the time elapsed (3.9 ms per second)
 PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
 CRASH_BOOTS = const(3)
+RX_FRAME = const(256)  # the longest downlink frame kept (COBS bytes)
 
 
 def _read_int(path, default=0):
@@ -239,14 +240,16 @@ class Node:
             self.reboot_requested = True
 
     async def reader(self, sr):
-        deframer = link.Deframer()
+        # downlink frames (ack, time, command) are short: a small deframer and one read buffer
+        deframer = link.Deframer(RX_FRAME)
+        buf = bytearray(128)
+        mv = memoryview(buf)
         frames = []
         while True:
-            data = await sr.read(256)
-            if not data:
+            n = await sr.readinto(buf)
+            if not n:
                 return
-            deframer.feed(data, frames)
-            data = None
+            deframer.feed(mv[:n], frames)
             while frames:
                 self.on_frame(frames.pop(0))
 

@@ -86,18 +86,21 @@ class UART:
 
 
 class WDT:
+    # On an accelerated clock (time.py here) the timeout is measured on the host's clock, scaled
+    # down but never under 2 s: the host's scheduling jitter, multiplied by the speed, must not
+    # reset a board that is feeding its watchdog.
     def __init__(self, id=0, timeout=5000):
-        self.timeout = timeout
-        self.last = time.ticks_ms()
+        self.timeout = max(int(timeout / time.SPEED), 2000) if time.SPEED != 1 else timeout
+        self.last = time._t.ticks_ms()
         asyncio.create_task(self._watch())
 
     def feed(self):
-        self.last = time.ticks_ms()
+        self.last = time._t.ticks_ms()
 
     async def _watch(self):
         while True:
             await asyncio.sleep_ms(500)
-            if time.ticks_diff(time.ticks_ms(), self.last) > self.timeout:
+            if time._t.ticks_diff(time._t.ticks_ms(), self.last) > self.timeout:
                 sys.stderr.write("emulated board: watchdog reset\n")
                 sys.exit(WDT_EXIT)
 
