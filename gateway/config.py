@@ -1,34 +1,99 @@
-"""Gateway configuration: TOML at /etc/sensorcity/gateway.toml, overridden by command-line flags."""
+"""Gateway configuration: TOML at /etc/sensorcity/gateway.toml, overridden by command-line flags.
+Every broken setting is refused with one line that names it."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ..errors import FatalError
 
 DEFAULT_PATH = Path("/etc/sensorcity/gateway.toml")
+TYPES = {"list[str]": list, "str": str, "int": int, "float": (int, float), "bool": bool,
+         "bool | None": (bool, type(None))}
+
+
+def default_registry() -> str:
+    """Under systemd the registry (it holds keys) comes in as a credential, else from /etc."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and Path(creds, "nodes.json").exists():
+        return str(Path(creds, "nodes.json"))
+    return "/etc/sensorcity/nodes.json"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, tls: bool | None = None) -> "Broker":
+        """mqtts:// is always TLS; mqtt:// is plain only to a loopback host or with tls = false
+        (credentials and readings must not cross a street cabinet's network in clear)."""
+        u = urlparse(url if "://" in url else f"mqtt://{url}")
+        try:
+            port = u.port
+        except ValueError:
+            port = -1
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname or port == -1:
+            raise FatalError(f"broker {url!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
+        secure = u.scheme == "mqtts" or tls is True
+        if not secure and tls is None and not is_loopback(u.hostname):
+            raise FatalError(f"broker {url!r}: plain MQTT to a host that is not loopback; use "
+                             f"mqtts:// with ca/cert/key, or set tls = false to allow it")
+        return cls(u.hostname, port or (8883 if secure else 1883), secure, u.username,
+                   u.password)
 
 
 @dataclass
 class Config:
     gateway_id: str = field(default_factory=lambda: socket.gethostname())
     listen: list[str] = field(default_factory=list)      # tcp://HOST:PORT
-    serial: list[str] = field(default_factory=list)      # device paths
+    serial: list[str] = field(default_factory=list)      # device paths or globs, watched
+    serial_baud: int = 115200
     brokers: list[str] = field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
+    tls: bool | None = None                              # None: TLS unless the broker is loopback
+    ca: str = ""                                         # CA bundle (default: the system's)
+    cert: str = ""                                       # client certificate (PEM)
+    key: str = ""                                        # its private key (PEM)
     topic_prefix: str = "sensorcity/v1"
     mqtt_version: int = 5
+    session_expiry: int = 7 * 24 * 3600                  # seconds the broker keeps our session
     spool: str = "/var/lib/sensorcity"
-    nodes: str = "/etc/sensorcity/nodes.json"
+    nodes: str = field(default_factory=lambda: default_registry())
     batch_max: int = 200
     batch_age: float = 1.0
     time_every: float = 3600.0
+    cmd_resend: float = 5.0                              # a command is resent until its node acks
+    metrics: str = "127.0.0.1:9108"                      # HOST:PORT of /metrics and /healthz; "" off
+    stall: float = 60.0                                  # uplink silent this long with a backlog: unhealthy
+    drain: float = 5.0                                   # seconds SIGTERM allows to publish what is pending
 
     def check(self) -> None:
+        if not self.gateway_id or any(c in self.gateway_id for c in "/+#") or \
+                not self.gateway_id.isprintable():
+            raise FatalError(f"gateway_id {self.gateway_id!r}: no '/', '+', '#' or control "
+                             f"characters (it is an MQTT topic level)")
         for url in self.listen:
-            if not url.startswith("tcp://") or ":" not in url[6:]:
+            host, _, port = url[6:].rpartition(":")
+            if not url.startswith("tcp://") or not host or not port.isdigit():
                 raise FatalError(f"listen {url!r}: use tcp://HOST:PORT")
         if self.mqtt_version not in (3, 4, 5):
             raise FatalError(f"mqtt_version {self.mqtt_version}: use 5 (or 4 for MQTT 3.1.1)")
@@ -36,6 +101,23 @@ class Config:
             raise FatalError("batch_max must be >= 1 and batch_age > 0")
         if not self.brokers:
             raise FatalError("no broker configured")
+        for url in self.brokers:
+            Broker.parse(url, self.tls)
+        if bool(self.cert) != bool(self.key):
+            raise FatalError("cert and key go together: set both or neither")
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise FatalError(f"{name} {path}: no such file")
+        if self.metrics:
+            host, _, port = self.metrics.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise FatalError(f"metrics {self.metrics!r}: use HOST:PORT (or \"\" for none)")
+        if self.session_expiry < 0 or self.cmd_resend <= 0 or self.stall <= 0 or self.drain < 0:
+            raise FatalError("session_expiry, drain must be >= 0; cmd_resend, stall > 0")
+
+    def broker_list(self) -> list[Broker]:
+        return [Broker.parse(b, self.tls) for b in self.brokers]
 
 
 def load(path: Path | str | None, **overrides) -> Config:
@@ -50,8 +132,8 @@ def load(path: Path | str | None, **overrides) -> Config:
                 raise FatalError(f"config {path}: no such file") from None
         except tomllib.TOMLDecodeError as exc:
             raise FatalError(f"config {path}: {exc}") from exc
-        except OSError as exc:
-            raise FatalError(f"config {path}: {exc.strerror}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FatalError(f"config {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     known = {f.name: f for f in fields(Config)}
     unknown = set(values) - set(known)
     if unknown:
@@ -59,14 +141,21 @@ def load(path: Path | str | None, **overrides) -> Config:
     for k, v in overrides.items():
         if v is not None and v != []:
             values[k] = v
-    try:
-        cfg = Config(**values)
-    except TypeError as exc:
-        raise FatalError(f"config {path}: {exc}") from exc
+    for k in ("nodes", "spool", "ca", "cert", "key"):
+        if isinstance(values.get(k), str):
+            values[k] = os.path.expandvars(values[k])  # "$CREDENTIALS_DIRECTORY/client.key"
+    cfg = Config(**values)
     for f in fields(Config):
         v = getattr(cfg, f.name)
-        expected = {"list[str]": list, "str": str, "int": int, "float": (int, float)}[f.type]
-        if not isinstance(v, expected) or isinstance(v, bool):
+        expected = TYPES[f.type]
+        if not isinstance(v, expected) or (isinstance(v, bool) and bool not in
+                                           (expected if isinstance(expected, tuple) else
+                                            (expected,))):
             raise FatalError(f"config {path}: {f.name} must be {f.type}, not {v!r}")
-    cfg.check()
+        if f.type == "list[str]" and not all(isinstance(x, str) for x in v):
+            raise FatalError(f"config {path}: {f.name} must be a list of strings")
+    try:
+        cfg.check()
+    except FatalError as exc:
+        raise FatalError(f"config {path}: {exc}" if path is not None else str(exc)) from None
     return cfg

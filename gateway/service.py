@@ -1,43 +1,66 @@
 """The gateway service: ingest -> verify -> spool -> ack, and spool -> batch -> MQTT, in one
-TaskGroup. Time goes down to a node on its hello and periodically."""
+TaskGroup. Time goes down to a node on its hello and periodically; operator commands come from
+MQTT and go down as CMD frames. SIGTERM drains: stop reading links, commit and ack what was
+received, publish what is pending for `drain` seconds, say offline, exit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 
-from . import frames
+from ..errors import FatalError
+from . import frames, health, notify
+from .commands import Commands
 from .config import Config
-from .ingest import Link, serve_serial, serve_tcp
+from .ingest import Ingest, Link
+from .metrics import Metrics
 from .registry import Registry
 from .spool import Spool
-from .uplink import Broker, Uplink
+from .uplink import Uplink
 from .verify import Verifier, encode_records
 
 log = logging.getLogger("sensorcity.gateway")
 QUEUE_MAX = 1000
 COMMIT_MAX = 200
+PIPELINE_STALL = 10.0   # frames waiting this long without a commit: the pipeline is stuck
+QUEUE_DRAIN = 2.0       # seconds a stop waits for received frames to be committed
 
 
 class Gateway:
     def __init__(self, cfg: Config):
+        cfg.check()
         self.cfg = cfg
         self.registry = Registry.load(cfg.nodes)
         self.spool = Spool(cfg.spool)
         self.verifier = Verifier(self.registry)
-        self.uplink = Uplink(self.spool, [Broker.parse(b) for b in cfg.brokers], cfg.gateway_id,
-                             cfg.topic_prefix, cfg.batch_max, cfg.batch_age, cfg.mqtt_version)
+        self.uplink = Uplink(self.spool, cfg)
+        self.ingest = Ingest(self.handle, cfg.serial_baud)
+        self.commands = Commands(f"{cfg.topic_prefix}/{cfg.gateway_id}", self.send_command,
+                                 self.uplink.reply, lambda n: n in self.registry.nodes,
+                                 cfg.cmd_resend)
+        self.uplink.on_message = self.commands.submit
+        self.metrics = Metrics(self)
+        self.uplink.on_published = self.metrics.published
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
         self.links: dict[str, Link] = {}
         self.duplicates = 0
         self.stored = 0
+        self.last_commit = time.monotonic()
+        self.pipeline_stall = PIPELINE_STALL
+        self.accepting = True
+        self.stop_requested = asyncio.Event()
         self.tcp_started = asyncio.Event()
+        self.http_started = asyncio.Event()
 
-    async def handle(self, link: Link, cobs: bytes) -> None:
+    # --- ingest -> verify -> queue ---------------------------------------------------------
+    async def handle(self, link: Link, cobs: bytes) -> bool | None:
+        if not self.accepting:
+            return None  # draining: not acked, so the node sends it again to our successor
         checked = self.verifier.check(cobs)
         if checked is None:
-            return
+            return False
         frame, records = checked
         self.links[frame.node] = link
         if frame.kind == frames.DATA:
@@ -46,15 +69,27 @@ class Gateway:
             log.info("hello from %s on %s: %s", frame.node, link.name, frame.body)
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_time(link, frame.node)
+            self.commands.connected(frame.node)
+        elif frame.kind == frames.ACK and type(frame.body) is int:
+            self.commands.acked(frame.node, frame.body)
+        return True
 
-    def send(self, link: Link, node: str, kind: int, body) -> None:
+    def send(self, link: Link, node: str, kind: int, body) -> int:
         key = self.registry.key_for(node)
         seq = 0 if kind == frames.ACK else self.spool.next_downlink_seq(node)
         link.send(frames.encode(key, kind, node, seq, body))
+        return seq
 
     def send_time(self, link: Link, node: str) -> None:
         self.send(link, node, frames.TIME, int(time.time() * 1000))
 
+    def send_command(self, node: str, body: dict) -> int | None:
+        link = self.links.get(node)
+        if link is None or not link.open:
+            return None
+        return self.send(link, node, frames.CMD, body)
+
+    # --- queue -> spool -> ack -------------------------------------------------------------
     async def committer(self) -> None:
         """Group commit: everything waiting is written in one transaction, then acked."""
         while True:
@@ -64,6 +99,8 @@ class Gateway:
             fresh = await asyncio.to_thread(self._commit, batch)
             for link, frame, _ in batch:
                 self.send(link, frame.node, frames.ACK, frame.seq)
+                self.queue.task_done()
+            self.last_commit = time.monotonic()
             self.stored += fresh
             self.duplicates += len(batch) - fresh
             if fresh:
@@ -77,6 +114,7 @@ class Gateway:
                                            len(records))
         return fresh
 
+    # --- downlink: time and commands -------------------------------------------------------
     async def time_sync(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.time_every)
@@ -84,14 +122,109 @@ class Gateway:
                 if link.open:
                     self.send_time(link, node)
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.committer(), name="committer")
-            tg.create_task(self.uplink.run(), name="uplink")
-            tg.create_task(self.time_sync(), name="time")
-            for url in self.cfg.listen:
-                host, port = url[len("tcp://"):].rsplit(":", 1)
-                tg.create_task(serve_tcp(host, int(port), self.handle, self.tcp_started),
-                               name=f"tcp {url}")
-            for dev in self.cfg.serial:
-                tg.create_task(serve_serial(dev, self.handle), name=f"serial {dev}")
+    async def resend_commands(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.cfg.cmd_resend))
+            self.commands.tick()
+
+    # --- health ----------------------------------------------------------------------------
+    @property
+    def spool_depth(self) -> int:
+        return self.spool.depth()
+
+    def pipeline_alive(self) -> bool:
+        """Frames that arrive get committed: nothing waits in the queue past the stall limit."""
+        return self.queue.empty() or time.monotonic() - self.last_commit < self.pipeline_stall
+
+    def health(self) -> tuple[bool, str]:
+        if not self.pipeline_alive():
+            return False, f"pipeline stalled: {self.queue.qsize()} frames wait for the spool"
+        silent = time.monotonic() - self.uplink.last_progress
+        if silent > self.cfg.stall:
+            depth = self.spool_depth
+            if depth:
+                state = "connected" if self.uplink.connected else "not connected"
+                return False, (f"uplink stalled: {depth} frames spooled, none published for "
+                               f"{silent:.0f} s ({state})")
+        return True, "ok"
+
+    async def watchdog(self, period: float) -> None:
+        """systemd's watchdog is fed only while the pipeline progresses; an unreachable broker
+        does not stop it (a restart would not help, the spool holds the data)."""
+        while True:
+            if self.pipeline_alive():
+                notify.notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_requested.set()
+
+    async def _drain(self, ingress: list[asyncio.Task], everything: list[asyncio.Task]) -> None:
+        await self.stop_requested.wait()
+        began = time.monotonic()
+        notify.notify("STOPPING=1")
+        log.info("stopping: draining")
+        self.accepting = False
+        for t in ingress:
+            t.cancel()
+        self.ingest.close_links()
+        try:
+            await asyncio.wait_for(self.queue.join(), QUEUE_DRAIN)
+        except asyncio.TimeoutError:
+            log.warning("stopping: %d received frames not committed (not acked either)",
+                        self.queue.qsize())
+        self.uplink.draining = True
+        self.uplink.wake.set()
+        deadline = began + QUEUE_DRAIN + self.cfg.drain
+        while time.monotonic() < deadline and await asyncio.to_thread(self.spool.depth):
+            await asyncio.sleep(0.05)
+        await self.uplink.goodbye()
+        left = await asyncio.to_thread(self.spool.depth)
+        log.info("stopped after %.1f s; %d frames stay spooled for the next start",
+                 time.monotonic() - began, left)
+        for t in everything:
+            t.cancel()
+
+    async def run(self, handle_signals: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self.committer(), name="committer"),
+                         tg.create_task(self.uplink.run(), name="uplink"),
+                         tg.create_task(self.uplink.messages(), name="commands in"),
+                         tg.create_task(self.resend_commands(), name="commands out"),
+                         tg.create_task(self.time_sync(), name="time")]
+                ingress = []
+                for url in self.cfg.listen:
+                    host, port = url[len("tcp://"):].rsplit(":", 1)
+                    ingress.append(tg.create_task(
+                        self.ingest.serve_tcp(host, int(port), self.tcp_started),
+                        name=f"tcp {url}"))
+                if self.cfg.serial:
+                    ingress.append(tg.create_task(self.ingest.watch_serial(self.cfg.serial, tg),
+                                                  name="serial watch"))
+                if self.cfg.metrics:
+                    host, port = self.cfg.metrics.rsplit(":", 1)
+                    tasks.append(tg.create_task(
+                        health.serve(host, int(port), self, self.http_started), name="http"))
+                tasks += ingress
+                tg.create_task(self._drain(ingress, tasks), name="drain")
+                for started, wanted in ((self.tcp_started, self.cfg.listen),
+                                        (self.http_started, self.cfg.metrics)):
+                    if wanted:
+                        await started.wait()
+                notify.notify("READY=1")
+                log.info("gateway %s ready", self.cfg.gateway_id)
+                period = notify.watchdog_period()
+                if period and not self.stop_requested.is_set():
+                    tasks.append(tg.create_task(self.watchdog(period), name="watchdog"))
+        except* FatalError as group:
+            raise group.exceptions[0] from None
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)

@@ -1,14 +1,19 @@
-"""Uplink: batches of spooled records as SenML-CBOR, published with MQTT QoS 1. Outbox rows are
-released only after the broker's PUBACK; a lost connection leaves them for the next attempt."""
+"""Uplink: batches of spooled records as SenML-CBOR, published with MQTT 5 QoS 1 on a persistent
+session. Outbox rows are released only after the broker's PUBACK; a lost connection leaves them
+for the next attempt, on the next broker of the list.
+
+A backlog (more than one batch waiting) drains oldest first at full speed, and never starves
+live data: the id of the newest row when the backlog is found is its mark; each round publishes
+the oldest batch at or below the mark and, beside it, the oldest rows above the mark (live data)
+once they are batch_age old. So live readings keep their latency while history catches up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import ssl
 import time
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import aiomqtt
 import cbor2
@@ -16,109 +21,228 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..errors import FatalError
+from .config import Broker, Config
 from .spool import Spool
 
+__all__ = ["Broker", "Uplink", "tls_context"]
 log = logging.getLogger("sensorcity.gateway.uplink")
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+STABLE = 10.0          # a connection that lasted this long resets the backoff
+REPLIES_MAX = 1000
 
 
-@dataclass
-class Broker:
-    host: str
-    port: int
-    tls: bool
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> "Broker":
-        u = urlparse(url if "://" in url else f"mqtt://{url}")
-        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-            raise FatalError(f"broker {url!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
-        tls = u.scheme == "mqtts"
-        return cls(u.hostname, u.port or (8883 if tls else 1883), tls, u.username, u.password)
+def tls_context(cfg: Config) -> ssl.SSLContext:
+    """Verify the broker against ca (or the system's CAs), present cert/key if given."""
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.ca or None)
+        if cfg.cert:
+            ctx.load_cert_chain(cfg.cert, cfg.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise FatalError(f"TLS files (ca {cfg.ca or 'system'}, cert {cfg.cert or 'none'}): "
+                         f"{exc}") from exc
+    return ctx
 
 
 class Uplink:
-    def __init__(self, spool: Spool, brokers: list[Broker], gateway_id: str, prefix: str,
-                 batch_max: int = 200, batch_age: float = 1.0, mqtt_version: int = 5):
+    def __init__(self, spool: Spool, cfg: Config):
         self.spool = spool
-        self.brokers = brokers
-        self.gateway_id = gateway_id
-        self.topic = f"{prefix}/{gateway_id}/batch"
-        self.status_topic = f"{prefix}/{gateway_id}/status"
-        self.batch_max = batch_max
-        self.batch_age = batch_age
-        self.version = (aiomqtt.ProtocolVersion.V5 if mqtt_version == 5
+        self.cfg = cfg
+        self.brokers = cfg.broker_list()
+        self.gateway_id = cfg.gateway_id
+        base = f"{cfg.topic_prefix}/{cfg.gateway_id}"
+        self.topic = f"{base}/batch"
+        self.status_topic = f"{base}/status"
+        self.cmd_topic = f"{base}/cmd/+"
+        self.batch_max = cfg.batch_max
+        self.batch_age = cfg.batch_age
+        self.version = (aiomqtt.ProtocolVersion.V5 if cfg.mqtt_version == 5
                         else aiomqtt.ProtocolVersion.V311)
+        self._tls = tls_context(cfg) if any(b.tls for b in self.brokers) else None
         self.wake = asyncio.Event()
+        self.replies: asyncio.Queue = asyncio.Queue(REPLIES_MAX)
+        self.client: aiomqtt.Client | None = None
+        self.session = asyncio.Event()       # set while connected
+        self.on_message = None               # callback(topic, payload) for commands
+        self.on_published = None             # callback(rows) for metrics and latency
+        self.broker: Broker | None = None
+        self._mark: int | None = None        # the last backlog row's id while one drains
+        self.connected = False
+        self.draining = False               # stopping: publish what is there, ignore batch_age
+        # counters (exported as metrics)
         self.published_batches = 0
         self.published_readings = 0
-        self.connected = False
-        self.on_published = None  # callback(rows) for metrics and latency
+        self.backlog_batches = 0             # batches sent while rows beyond them waited
+        self.connects = 0
+        self.failures = 0
+        self.replies_dropped = 0
+        self.last_progress = time.monotonic()
 
     def _client(self, broker: Broker) -> aiomqtt.Client:
+        v5 = self.version == aiomqtt.ProtocolVersion.V5
         props = None
-        if self.version == aiomqtt.ProtocolVersion.V5:
+        if v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 7 * 24 * 3600
+            props.SessionExpiryInterval = self.cfg.session_expiry
         will = aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
-        tls = None
-        if broker.tls:
-            tls = aiomqtt.TLSParameters()
         return aiomqtt.Client(
             broker.host, broker.port, identifier=f"sensorcity-{self.gateway_id}",
-            protocol=self.version, will=will, properties=props, tls_params=tls,
+            protocol=self.version, will=will, properties=props,
+            tls_context=self._tls if broker.tls else None,
             username=broker.username, password=broker.password, keepalive=30,
-            clean_session=None if self.version == aiomqtt.ProtocolVersion.V5 else False,
-            clean_start=False if self.version == aiomqtt.ProtocolVersion.V5 else 3,
-            timeout=10)
+            clean_session=None if v5 else False, clean_start=False if v5 else 3,
+            max_inflight_messages=20, timeout=10)
 
     async def run(self):
-        backoff = 0.5
+        backoff = BACKOFF_MIN
         index = 0
         while True:
             broker = self.brokers[index % len(self.brokers)]
+            began = time.monotonic()
             try:
                 async with self._client(broker) as client:
-                    self.connected = True
-                    backoff = 0.5
-                    log.info("connected to %s:%d", broker.host, broker.port)
+                    self.broker, self.client, self.connected = broker, client, True
+                    self.connects += 1
+                    self._mark = None
+                    log.info("connected to %s:%d%s", broker.host, broker.port,
+                             " (TLS)" if broker.tls else "")
+                    await client.subscribe(self.cmd_topic, qos=1)
+                    self.session.set()
                     await client.publish(self.status_topic, b"online", qos=1, retain=True)
                     await self._publish_loop(client)
             except aiomqtt.MqttError as exc:
+                self.failures += 1
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
                 self.connected = False
+                self.client = None
+                self.session.clear()
+            if time.monotonic() - began > STABLE:
+                backoff = BACKOFF_MIN
             index += 1
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # jitter
-            backoff = min(backoff * 2, 30)
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # jitter: no thundering herd
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def messages(self):
+        """Commands from the broker, for the life of the service (one task, across reconnects)."""
+        while True:
+            await self.session.wait()
+            client = self.client
+            if client is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                async for msg in client.messages:
+                    if self.on_message:
+                        self.on_message(str(msg.topic), bytes(msg.payload or b""))
+            except aiomqtt.MqttError:
+                pass
+            await asyncio.sleep(0.1)
+
+    def reply(self, topic: str, payload: bytes) -> None:
+        """Queue a small message (a command's ack); the oldest is dropped when full."""
+        if self.replies.full():
+            self.replies.get_nowait()
+            self.replies_dropped += 1
+        self.replies.put_nowait((topic, payload))
+        self.wake.set()
+
+    def _props(self, batch_id: str) -> Properties | None:
+        if self.version != aiomqtt.ProtocolVersion.V5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("batch_id", batch_id)]
+        props.ContentType = "application/senml+cbor"
+        return props
+
+    async def _send_replies(self, client: aiomqtt.Client) -> None:
+        while not self.replies.empty():
+            topic, payload = self.replies.get_nowait()
+            await client.publish(topic, payload, qos=1, timeout=30)
 
     async def _publish_loop(self, client: aiomqtt.Client):
         while True:
-            rows = await asyncio.to_thread(self.spool.oldest, self.batch_max)
-            if not rows:
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=5)
-                except asyncio.TimeoutError:
-                    pass
+            await self._send_replies(client)
+            self.wake.clear()  # before looking: a commit from now on wakes the next wait
+            oldest, live = await asyncio.to_thread(self.next_round)
+            if not oldest:
+                self.last_progress = time.monotonic()  # nothing to send counts as progress
+                await self._idle(5)
                 continue
-            age = time.time() - rows[0][3]
-            if len(rows) < self.batch_max and age < self.batch_age:
-                await asyncio.sleep(self.batch_age - age)
+            now = time.time()
+            if self._mark is None:
+                age = now - oldest[0][3]
+                if len(oldest) < self.batch_max and age < self.batch_age and not self.draining:
+                    await self._idle(self.batch_age - age)
+                    continue
+                await self._publish(client, oldest)
                 continue
-            payload, batch_id, readings = self.batch(rows)
-            props = None
-            if self.version == aiomqtt.ProtocolVersion.V5:
-                props = Properties(PacketTypes.PUBLISH)
-                props.UserProperty = [("batch_id", batch_id)]
-                props.ContentType = "application/senml+cbor"
-            await client.publish(self.topic, payload, qos=1, properties=props, timeout=30)
-            await asyncio.to_thread(self.spool.release, [r[0] for r in rows])
-            self.published_batches += 1
-            self.published_readings += readings
-            if self.on_published:
-                self.on_published(rows)
+            # a backlog: its oldest batch at once, and live rows once they are batch_age old
+            if live and not (now - live[0][3] >= self.batch_age or
+                             len(live) >= self.batch_max or self.draining):
+                live = []
+            self.backlog_batches += 1
+            results = await asyncio.gather(
+                self._publish(client, oldest), *([self._publish(client, live)] if live else []),
+                return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+
+    async def _idle(self, seconds: float) -> None:
+        if self.replies.empty():
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=max(seconds, 0.01))
+            except asyncio.TimeoutError:
+                pass
+
+    def next_round(self) -> tuple[list, list]:
+        """The oldest batch, and, while a backlog drains, the oldest live rows: those that came
+        after the backlog was found (ids above its mark). Both lanes go in id order."""
+        oldest = self.spool.oldest(self.batch_max)
+        if self._mark is None:
+            if len(oldest) < self.batch_max:
+                return oldest, []
+            mark = self._max_id()
+            if mark <= oldest[-1][0]:
+                return oldest, []   # exactly one batch waits: no backlog
+            self._mark = mark
+            log.info("draining a backlog of rows up to id %d", mark)
+        backlog = [r for r in oldest if r[0] <= self._mark]
+        if not backlog:
+            self._mark = None       # drained: one lane again
+            return oldest, []
+        # the spool offers oldest(); the live lane is read here under the spool's own lock
+        with self.spool.lock:
+            live = self.spool.db.execute(
+                "SELECT id, node, seq, received, pack, readings FROM outbox WHERE id > ? "
+                "ORDER BY id LIMIT ?", (self._mark, self.batch_max)).fetchall()
+        return backlog, live
+
+    def _max_id(self) -> int:
+        with self.spool.lock:
+            return self.spool.db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+
+    async def _publish(self, client: aiomqtt.Client, rows) -> None:
+        payload, batch_id, readings = self.batch(rows)
+        await client.publish(self.topic, payload, qos=1, properties=self._props(batch_id),
+                             timeout=30)
+        # PUBACK received: only now may the rows go
+        await asyncio.to_thread(self.spool.release, [r[0] for r in rows])
+        self.published_batches += 1
+        self.published_readings += readings
+        self.last_progress = time.monotonic()
+        if self.on_published:
+            self.on_published(rows)
+
+    async def goodbye(self) -> None:
+        """On a clean stop: the retained status says offline (a will is only sent on a crash)."""
+        client = self.client
+        if client is not None:
+            try:
+                await client.publish(self.status_topic, b"offline", qos=1, retain=True,
+                                     timeout=2)
+            except (aiomqtt.MqttError, asyncio.TimeoutError):
+                pass
 
     def batch(self, rows) -> tuple[bytes, str, int]:
         """One SenML pack of the rows' records; each frame's records keep their base name/time."""

@@ -1,0 +1,123 @@
+"""Operator commands, MQTT to node and back: `<prefix>/<gateway>/cmd/<node>` carries JSON
+{"op": "interval", "value": 30} or {"op": "reboot"} (an optional "id" is echoed). Each goes to the
+node as a CMD frame; the node's ACK of that frame's sequence number becomes a reply on
+`.../cmd/<node>/ack`. Until then the command is resent, each time under a new sequence number (a
+node drops a number it has seen), so a node may apply a command twice: both ops are idempotent
+but for reboot, which then reboots twice at worst."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("sensorcity.gateway.commands")
+INTERVAL_MAX = 86400
+TTL = 24 * 3600.0  # a node that stays away this long gets its command expired
+
+
+@dataclass
+class Pending:
+    node: str
+    body: dict
+    request_id: object
+    received: float = field(default_factory=lambda: time.monotonic())
+    seqs: set = field(default_factory=set)
+    sent_at: float = 0.0
+
+
+def parse(node: str, payload: bytes) -> dict:
+    """The CMD frame's body for a request, or ValueError with what is wrong."""
+    try:
+        req = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("payload is not JSON") from None
+    if not isinstance(req, dict):
+        raise ValueError("payload is not a JSON object")
+    op = req.get("op")
+    if op == "interval":
+        v = req.get("value")
+        if type(v) is not int or not 1 <= v <= INTERVAL_MAX:
+            raise ValueError(f"interval value must be an integer 1..{INTERVAL_MAX} (seconds)")
+        return {"op": "interval", "value": v}
+    if op == "reboot":
+        return {"op": "reboot"}
+    raise ValueError(f"unknown op {op!r}: use interval or reboot")
+
+
+class Commands:
+    def __init__(self, base: str, send: Callable[[str, dict], int | None],
+                 reply: Callable[[str, bytes], None], known: Callable[[str], bool],
+                 resend_every: float = 5.0):
+        self.base = base  # <prefix>/<gateway-id>
+        self.send = send  # (node, body) -> the frame's seq, or None when the node has no link
+        self.reply = reply
+        self.known = known
+        self.resend_every = resend_every
+        self.pending: list[Pending] = []
+        self.sent = 0
+        self.acked_total = 0
+        self.rejected = 0
+        self.expired = 0
+
+    def _answer(self, node: str, status: str, request_id=None, **extra) -> None:
+        msg = {"node": node, "status": status, **extra}
+        if request_id is not None:
+            msg["id"] = request_id
+        self.reply(f"{self.base}/cmd/{node}/ack", json.dumps(msg).encode())
+
+    def submit(self, topic: str, payload: bytes) -> None:
+        """A message from `.../cmd/<node>`."""
+        node = topic.rsplit("/", 1)[-1]
+        try:
+            req_id = json.loads(payload).get("id")
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            req_id = None
+        try:
+            if not self.known(node):
+                raise ValueError(f"unknown node {node!r}")
+            body = parse(node, payload)
+        except ValueError as exc:
+            self.rejected += 1
+            self._answer(node, "rejected", req_id, error=str(exc))
+            return
+        p = Pending(node, body, req_id)
+        self.pending.append(p)
+        log.info("command for %s: %s", node, body)
+        self._try(p)
+
+    def _try(self, p: Pending) -> None:
+        seq = self.send(p.node, p.body)
+        if seq is not None:
+            p.seqs.add(seq)
+            p.sent_at = time.monotonic()
+            self.sent += 1
+
+    def acked(self, node: str, seq: int) -> None:
+        """The node acked one of our frames; if it carried a command, the command is done."""
+        for p in self.pending:
+            if p.node == node and seq in p.seqs:
+                self.pending.remove(p)
+                self.acked_total += 1
+                self._answer(node, "acked", p.request_id, op=p.body["op"], seq=seq,
+                             attempts=len(p.seqs),
+                             seconds=round(time.monotonic() - p.received, 3))
+                return
+
+    def connected(self, node: str) -> None:
+        """The node said hello: what waits for it goes now."""
+        for p in self.pending:
+            if p.node == node:
+                self._try(p)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for p in list(self.pending):
+            if now - p.received > TTL:
+                self.pending.remove(p)
+                self.expired += 1
+                self._answer(p.node, "expired", p.request_id, op=p.body["op"])
+            elif now - p.sent_at >= self.resend_every:
+                self._try(p)

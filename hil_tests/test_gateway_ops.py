@@ -1,0 +1,321 @@
+"""Gateway operations against real mosquittos: TLS with client certificates, failover to the
+next broker, retained status and last will, a backlog drained oldest first while live data keeps
+its latency, SIGTERM drain with systemd's notify protocol, /metrics and /healthz."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import cbor2
+import pytest
+
+from gateway_pki import make_pki
+from gateway_rig import FakeNode, Mosquitto, Subscriber, registry, wait_until, write_config
+from rig import SENSORCITY, free_port
+from sensorcity.gateway.spool import Spool
+
+pytestmark = pytest.mark.mosquitto
+
+
+class Gateway:
+    """`sensorcity gateway run` as a process, with a TCP listener and metrics on free ports."""
+
+    def __init__(self, tmp_path, brokers, nodes=("n1",), env=None, **settings):
+        self.tcp, self.http = free_port(), free_port()
+        self.keys = registry(tmp_path / "nodes.json", list(nodes))
+        self.spool = tmp_path / "spool"
+        cfg = dict(gateway_id="gw1", listen=[f"tcp://127.0.0.1:{self.tcp}"], brokers=brokers,
+                   spool=str(self.spool), nodes=str(tmp_path / "nodes.json"),
+                   metrics=f"127.0.0.1:{self.http}", batch_age=0.2)
+        cfg.update(settings)
+        write_config(tmp_path / "gw.toml", **cfg)
+        self.log = open(tmp_path / "gateway.log", "w+")
+        self.proc = subprocess.Popen([SENSORCITY, "gateway", "run", "--config",
+                                      str(tmp_path / "gw.toml")], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        wait_until(self._listening, 15, "the gateway's listener")
+
+    def _listening(self):
+        assert self.proc.poll() is None, self.output()
+        try:
+            socket.create_connection(("127.0.0.1", self.tcp), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def node(self, name="n1"):
+        return FakeNode(self.tcp, name, self.keys[name])
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def values(sub):
+    return [r[2] for _, _, payload, _, _ in sub.on("/batch") for r in cbor2.loads(payload)]
+
+
+def test_tls_with_client_certificates(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    broker = Mosquitto(tmp_path / "broker", tls=pki)
+    sub = Subscriber(broker, ["sensorcity/v1/+/batch"])
+    gw = Gateway(tmp_path, [broker.url], ca=str(pki["ca"]), cert=str(pki["client_cert"]),
+                 key=str(pki["client_key"]))
+    node = gw.node()
+    try:
+        for seq in range(5):
+            node.send(seq, value=100 + seq)
+        wait_until(lambda: len(values(sub)) == 5, 15, "5 readings over TLS")
+        assert sorted(values(sub)) == [100, 101, 102, 103, 104]
+        assert "(TLS)" in gw.output()
+    finally:
+        node.close()
+        gw.stop()
+        sub.close()
+    # the same broker refuses a gateway without a client certificate; nothing is lost
+    gw2 = Gateway(tmp_path / "nocert", [broker.url], ca=str(pki["ca"]))
+    node = gw2.node()
+    try:
+        node.send(1, value=7)
+        wait_until(lambda: 1 in node.acked, 10, "the ack (the spool holds it)")
+        time.sleep(2)
+        assert gw2.get("/metrics")[1].count("sensorcity_gateway_uplink_connected 0.0") == 1
+        assert Spool(gw2.spool).depth() == 1
+    finally:
+        node.close()
+        gw2.stop()
+        broker.stop()
+
+
+def test_plain_mqtt_to_a_remote_broker_is_refused(tmp_path):
+    write_config(tmp_path / "gw.toml", brokers=["mqtt://192.0.2.1:1883"],
+                 nodes=str(tmp_path / "n.json"))
+    p = subprocess.run([SENSORCITY, "gateway", "run", "--config", str(tmp_path / "gw.toml")],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "tls = false" in p.stderr
+
+
+def test_failover_to_the_second_broker(tmp_path):
+    a, b = Mosquitto(tmp_path / "a"), Mosquitto(tmp_path / "b")
+    sub_a = Subscriber(a, ["sensorcity/v1/+/batch"])
+    sub_b = Subscriber(b, ["sensorcity/v1/+/batch"])
+    gw = Gateway(tmp_path, [a.url, b.url])
+    node = gw.node()
+    try:
+        for seq in range(3):
+            node.send(seq, value=seq)
+        wait_until(lambda: len(values(sub_a)) == 3, 15, "readings on the first broker")
+        a.kill()
+        for seq in range(3, 8):
+            node.send(seq, value=seq)
+        wait_until(lambda: len(values(sub_b)) >= 5, 20, "readings on the second broker")
+        got = set(values(sub_a)) | set(values(sub_b))
+        assert got == set(range(8))                      # nothing lost across the failover
+        assert set(values(sub_b)) >= set(range(3, 8))
+    finally:
+        node.close()
+        gw.stop()
+        sub_a.close()
+        sub_b.close()
+        b.stop()
+
+
+def test_status_is_retained_and_the_will_says_offline(tmp_path):
+    broker = Mosquitto(tmp_path / "broker")
+    gw = Gateway(tmp_path, [broker.url])
+    try:
+        sub = Subscriber(broker, ["sensorcity/v1/gw1/status"])
+        wait_until(lambda: sub.on("/status"), 10, "the status")
+        _, _, payload, _, retained = sub.on("/status")[0]
+        assert (payload, retained) == (b"online", True)   # retained: a late subscriber sees it
+        gw.proc.kill()                                   # a crash: the broker sends the will
+        gw.proc.wait(5)
+        wait_until(lambda: sub.on("/status")[-1][2] == b"offline", 10, "the will")
+        sub.close()
+        late = Subscriber(broker, ["sensorcity/v1/gw1/status"])
+        wait_until(lambda: late.on("/status"), 5, "the retained status")
+        assert late.on("/status")[0][2] == b"offline" and late.on("/status")[0][4]
+        late.close()
+    finally:
+        gw.stop()
+        broker.stop()
+
+
+def test_backlog_drains_oldest_first_without_starving_live_data(tmp_path):
+    """A spool of 120000 frames from an outage (600 batches of 200) and a node sending a live
+    frame every 0.1 s: live frames reach the broker within 2.5 s all the while (starved, they
+    would wait for the whole drain), and the backlog arrives oldest first."""
+    broker = Mosquitto(tmp_path / "broker")
+    registry(tmp_path / "nodes.json", ["n1", "old"])
+    spool = Spool(tmp_path / "spool")
+    backlog = 120000
+    bound = 2.5
+    t0 = int(time.time()) - 86400
+    with spool.transaction():
+        for i in range(backlog):
+            spool.insert("old", i, cbor2.dumps([{-2: "urn:dev:ops:old:", -3: t0 + i, 0: "x",
+                                                 1: "W", 2: i}]), 1)
+    spool.close()
+    sub = Subscriber(broker, ["sensorcity/v1/+/batch"])
+    gw = Gateway(tmp_path, [broker.url], nodes=("n1", "old"), batch_age=0.5, batch_max=200)
+    node = gw.node()
+    sent = {}
+    try:
+        began = time.monotonic()
+        seq = 0
+        while time.monotonic() - began < 60:
+            sent[seq] = time.time()
+            node.send(seq, value=1_000_000 + seq)
+            seq += 1
+            time.sleep(0.1)
+            if len([v for v in values(sub) if v < 1_000_000]) == backlog and seq > 20:
+                break
+        drain_s = time.monotonic() - began
+        drained_at = time.time()
+        wait_until(lambda: len([v for v in values(sub) if v >= 1_000_000]) == seq, 10,
+                   "every live frame")
+    finally:
+        node.close()
+        gw.stop()
+        sub.close()
+        broker.stop()
+    arrivals = {}
+    old_order = []
+    for arrived, _, payload, _, _ in sub.on("/batch"):
+        for r in cbor2.loads(payload):
+            if r[2] >= 1_000_000:
+                arrivals[r[2] - 1_000_000] = arrived
+            else:
+                old_order.append(r[2])
+    assert old_order == list(range(backlog))             # oldest first, each once
+    live_during_drain = [s for s in sent if sent[s] < drained_at]
+    latency = sorted(arrivals[s] - sent[s] for s in sent)
+    assert len(latency) == seq and latency[-1] < bound, (latency[-5:], drain_s)
+    print(f"\nbacklog of {backlog} frames drained in {drain_s:.1f} s "
+          f"({backlog / drain_s:.0f} frames/s) while {len(live_during_drain)} live frames "
+          f"arrived with latency median {latency[len(latency) // 2]:.2f} s, "
+          f"max {latency[-1]:.2f} s")
+    assert drain_s > bound + 1, "the backlog was too small to show starvation"
+
+
+def test_sigterm_drains_in_flight_work_and_exits_within_10s(tmp_path):
+    broker = Mosquitto(tmp_path / "broker")
+    sub = Subscriber(broker, ["sensorcity/v1/+/batch", "sensorcity/v1/+/status"])
+    sock_path = str(tmp_path / "notify.sock")
+    notes = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notes.bind(sock_path)
+    notes.settimeout(0.2)
+    # a long batch age: what is pending at SIGTERM must go out by the drain, not by its age
+    gw = Gateway(tmp_path, [broker.url], batch_age=30.0,
+                 env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "1000000"})
+    node = gw.node()
+    got = []
+    try:
+        for seq in range(50):
+            node.send(seq, value=seq)
+        wait_until(lambda: len(node.acked) == 50, 10, "acks")
+        time.sleep(1.5)
+        assert values(sub) == []                         # held by the batch age
+        began = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        code = gw.proc.wait(10)
+        took = time.monotonic() - began
+        while True:
+            try:
+                got.append(notes.recv(100).decode())
+            except socket.timeout:
+                break
+    finally:
+        node.close()
+        gw.stop()
+        notes.close()
+    assert code == 0 and took < 10, (code, took, gw.output()[-2000:])
+    wait_until(lambda: len(values(sub)) == 50, 5, "the drained readings")
+    assert sorted(values(sub)) == list(range(50))
+    assert sub.on("/status")[-1][2] == b"offline"
+    assert Spool(gw.spool).depth() == 0
+    assert got[0] == "READY=1" and got[-1] == "STOPPING=1", got
+    assert got.count("WATCHDOG=1") >= 2, got
+    print(f"\nSIGTERM to exit: {took:.2f} s with 50 frames to publish")
+    sub.close()
+    broker.stop()
+
+
+def test_sigterm_with_the_broker_down_exits_within_10s_and_keeps_the_spool(tmp_path):
+    broker = Mosquitto(tmp_path / "broker")
+    gw = Gateway(tmp_path, [broker.url])
+    broker.kill()
+    node = gw.node()
+    try:
+        for seq in range(20):
+            node.send(seq, value=seq)
+        wait_until(lambda: len(node.acked) == 20, 10, "acks")
+        began = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        code = gw.proc.wait(10)
+        took = time.monotonic() - began
+    finally:
+        node.close()
+        gw.stop()
+    assert code == 0 and took < 10, (code, took)
+    assert Spool(gw.spool).depth() == 20                 # acked, so kept for the next start
+
+
+def test_metrics_and_health(tmp_path):
+    broker = Mosquitto(tmp_path / "broker")
+    gw = Gateway(tmp_path, [broker.url], stall=2.0)
+    node = gw.node()
+    try:
+        for seq in range(10):
+            node.send(seq, value=seq)
+        node.send(10, key=bytes(32))                     # a forged tag
+        node.send(3, value=3)                            # a re-send: a duplicate
+        wait_until(lambda: len(node.acked) == 10, 10, "acks")
+        wait_until(lambda: "sensorcity_gateway_readings_published_total 10.0" in
+                   gw.get("/metrics")[1], 10, "the readings published")
+        status, text = gw.get("/metrics")
+        assert status == 200
+        for line in ('sensorcity_gateway_frames_rejected_total{reason="tag"} 1.0',
+                     "sensorcity_gateway_frames_duplicate_total 1.0",
+                     "sensorcity_gateway_frames_stored_total 10.0",
+                     'sensorcity_gateway_link_frames_total{link="tcp:127.0.0.1"} 12.0',
+                     'sensorcity_gateway_link_rejected_total{link="tcp:127.0.0.1"} 1.0',
+                     "sensorcity_gateway_delivery_latency_seconds_count 10.0",
+                     "sensorcity_gateway_spool_frames 0.0",
+                     "sensorcity_gateway_uplink_connected 1.0",
+                     "sensorcity_gateway_healthy 1.0"):
+            assert line in text, line
+        assert gw.get("/healthz") == (200, "ok\n")
+        broker.kill()                                    # now a backlog that cannot go out
+        for seq in range(11, 16):
+            node.send(seq, value=seq)
+        wait_until(lambda: gw.get("/healthz")[0] == 503, 15, "unhealthy")
+        assert "uplink stalled: 5 frames spooled" in gw.get("/healthz")[1]
+        broker.start()                                   # same port, same persistence
+        wait_until(lambda: gw.get("/healthz")[0] == 200, 40, "healthy again")
+        assert gw.get("/nothing")[0] == 404
+    finally:
+        node.close()
+        gw.stop()
+        broker.stop()

@@ -1,0 +1,89 @@
+"""Operator commands: parsed strictly, sent as CMD frames, resent under a fresh sequence number
+until the node acks one of them, answered once on the ack topic."""
+
+import json
+
+from sensorcity.gateway import commands
+from sensorcity.gateway.commands import Commands
+
+BASE = "sensorcity/v1/gw1"
+
+
+class Rig:
+    def __init__(self, online=True):
+        self.sent, self.replies, self.seq, self.online = [], [], 10, online
+        self.c = Commands(BASE, self.send, self.reply, lambda n: n in ("n1", "n2"),
+                          resend_every=5.0)
+
+    def send(self, node, body):
+        if not self.online:
+            return None
+        self.seq += 1
+        self.sent.append((node, body, self.seq))
+        return self.seq
+
+    def reply(self, topic, payload):
+        self.replies.append((topic, json.loads(payload)))
+
+
+def test_parse_accepts_the_two_ops_and_refuses_the_rest():
+    assert commands.parse("n1", b'{"op": "interval", "value": 30}') == \
+        {"op": "interval", "value": 30}
+    assert commands.parse("n1", b'{"op": "reboot", "id": 7}') == {"op": "reboot"}
+    for bad in (b"nope", b"[1]", b'{"op": "interval", "value": 0}',
+                b'{"op": "interval", "value": 1.5}', b'{"op": "interval", "value": true}',
+                b'{"op": "interval", "value": 86401}', b'{"op": "format"}', b"\xff"):
+        try:
+            commands.parse("n1", bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+
+
+def test_resent_until_acked_then_answered_once(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(commands.time, "monotonic", lambda: now[0])
+    r = Rig()
+    r.c.submit(f"{BASE}/cmd/n1", b'{"op": "interval", "value": 1, "id": "abc"}')
+    assert r.sent == [("n1", {"op": "interval", "value": 1}, 11)]
+    now[0] += 4.9
+    r.c.tick()
+    assert len(r.sent) == 1                      # not yet due
+    now[0] += 0.2
+    r.c.tick()
+    assert [s[2] for s in r.sent] == [11, 12]    # a fresh sequence number each time
+    r.c.acked("n1", 99)                          # some other frame's ack (a time frame)
+    r.c.acked("n2", 11)                          # another node's
+    assert r.replies == [] and len(r.c.pending) == 1
+    r.c.acked("n1", 11)                          # the first send's ack, arriving late: done
+    assert r.c.pending == []
+    (topic, msg), = r.replies
+    assert topic == f"{BASE}/cmd/n1/ack"
+    assert msg["status"] == "acked" and msg["id"] == "abc" and msg["op"] == "interval"
+    assert msg["attempts"] == 2 and msg["seq"] == 11
+    r.c.acked("n1", 12)                          # the second send's ack changes nothing
+    assert len(r.replies) == 1 and r.c.acked_total == 1
+
+
+def test_waits_for_an_absent_node_and_sends_on_hello(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(commands.time, "monotonic", lambda: now[0])
+    r = Rig(online=False)
+    r.c.submit(f"{BASE}/cmd/n2", b'{"op": "reboot"}')
+    assert r.sent == [] and len(r.c.pending) == 1
+    r.online = True
+    r.c.connected("n2")
+    assert r.sent == [("n2", {"op": "reboot"}, 11)]
+    now[0] += commands.TTL + 1
+    r.c.tick()
+    assert r.c.pending == [] and r.replies[-1][1]["status"] == "expired"
+
+
+def test_bad_requests_are_answered_not_sent():
+    r = Rig()
+    r.c.submit(f"{BASE}/cmd/n9", b'{"op": "reboot", "id": 1}')
+    r.c.submit(f"{BASE}/cmd/n1", b'{"op": "selfdestruct"}')
+    assert r.sent == []
+    assert [m["status"] for _, m in r.replies] == ["rejected", "rejected"]
+    assert "unknown node" in r.replies[0][1]["error"] and r.replies[0][1]["id"] == 1
+    assert r.c.rejected == 2

@@ -1,0 +1,97 @@
+"""Gateway config: TLS on by default for any broker that is not loopback, every broken config
+refused with one line (exit 2 from the CLI), flags over the file."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensorcity.errors import FatalError
+from sensorcity.gateway import config
+from sensorcity.gateway.config import Broker
+
+SENSORCITY = str(Path(sys.executable).parent / "sensorcity")
+
+
+def test_broker_tls_policy():
+    assert Broker.parse("mqtt://127.0.0.1:1883").tls is False
+    assert Broker.parse("mqtt://localhost").tls is False
+    assert Broker.parse("mqtt://[::1]:1884").port == 1884
+    b = Broker.parse("mqtts://broker.city.example")
+    assert (b.tls, b.port) == (True, 8883)
+    with pytest.raises(FatalError, match="tls = false"):
+        Broker.parse("mqtt://broker.city.example")
+    with pytest.raises(FatalError, match="not loopback"):
+        Broker.parse("mqtt://10.0.0.5:1883")
+    assert Broker.parse("mqtt://10.0.0.5:1883", tls=False).tls is False
+    assert Broker.parse("mqtt://10.0.0.5", tls=True) == Broker("10.0.0.5", 8883, True)
+    assert Broker.parse("mqtts://u:p@h:1").username == "u"
+
+
+def write(tmp_path, text):
+    p = tmp_path / "gw.toml"
+    p.write_text(text)
+    return p
+
+
+def test_flags_override_the_file(tmp_path):
+    p = write(tmp_path, 'gateway_id = "gw7"\nbrokers = ["mqtt://127.0.0.1:1"]\n'
+                        'serial = ["/dev/serial/by-id/*"]\nbatch_age = 2\n')
+    cfg = config.load(p, brokers=["mqtt://127.0.0.1:2"], serial=None, listen=[])
+    assert cfg.brokers == ["mqtt://127.0.0.1:2"] and cfg.serial == ["/dev/serial/by-id/*"]
+    assert cfg.gateway_id == "gw7" and cfg.batch_age == 2
+
+
+BROKEN = {
+    'listen = ["udp://x:1"]': "listen",
+    'brokers = ["mqtt://broker.example:1883"]': "tls = false",
+    'brokers = ["http://x"]': "mqtt://HOST:PORT",
+    'brokers = []': "no broker",
+    'batch_max = 0': "batch_max",
+    'batch_age = "1s"': "batch_age must be float",
+    'tls = "yes"': "tls must be",
+    'cert = "/nonexistent.pem"\nkey = "/nonexistent.key"': "cert /nonexistent.pem: no such file",
+    'cert = "/etc/hostname"': "cert and key go together",
+    'metrics = "9108"': "metrics",
+    'gateway_id = "a/b"': "gateway_id",
+    'serial = "/dev/ttyUSB0"': "serial must be list",
+    'serial = [1]': "list of strings",
+    'mqtt_version = 6': "mqtt_version",
+    'colour = "red"': "unknown setting 'colour'",
+    'brokers = [': "config",
+}
+
+
+@pytest.mark.parametrize("text", list(BROKEN), ids=list(BROKEN.values()))
+def test_each_broken_config_is_one_line_and_exit_2(tmp_path, text):
+    p = subprocess.run([SENSORCITY, "gateway", "check-config", "--config",
+                        str(write(tmp_path, text + "\n"))],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, p.stdout
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and BROKEN[text] in lines[0], p.stderr
+
+
+def test_check_config_says_what_it_holds(tmp_path):
+    p = write(tmp_path, 'gateway_id = "gw1"\nbrokers = ["mqtt://10.0.0.5", "mqtts://b.example"]\n'
+                        f'tls = false\nnodes = "{tmp_path}/none.json"\n'
+                        'serial = ["/dev/serial/by-id/*"]\n')
+    out = subprocess.run([SENSORCITY, "gateway", "check-config", "--config", str(p)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "mqtt://10.0.0.5:1883, mqtts://b.example:8883" in out.stdout
+    assert "1 serial patterns" in out.stdout and "gw1" in out.stdout
+
+
+def test_a_key_that_does_not_fit_the_certificate_is_refused(tmp_path):
+    from gateway_pki import make_pki
+    pki = make_pki(tmp_path)
+    other = make_pki(tmp_path / "other")
+    p = write(tmp_path, f'brokers = ["mqtts://b.example"]\nca = "{pki["ca"]}"\n'
+                        f'cert = "{pki["client_cert"]}"\nkey = "{other["client_key"]}"\n'
+                        f'nodes = "{tmp_path}/none.json"\n')
+    out = subprocess.run([SENSORCITY, "gateway", "check-config", "--config", str(p)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "TLS files" in out.stderr
