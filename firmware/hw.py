@@ -1,6 +1,8 @@
 # The hardware layer: the only firmware module that imports `machine`. Written against
 # MicroPython's documented ESP32 API (machine.I2S, machine.UART with invert, machine.Pin.irq,
 # machine.WDT, machine.RTC); the emulated board provides the same `machine` interface.
+import io
+import select
 import sys
 import time
 
@@ -12,6 +14,7 @@ import board
 EPOCH_OFFSET = const(946684800)  # seconds from 1970 to 2000, the ESP32 port's epoch
 _I2S_ID = const(0)
 _P1_UART = const(2)
+_STREAM_POLL = const(3)  # MicroPython's stream ioctl number for poll
 
 
 def _epoch_base():
@@ -50,7 +53,7 @@ class Hardware:
         micropython.kbd_intr(-1)
         rd = getattr(sys.stdin, "buffer", sys.stdin)
         wr = getattr(sys.stdout, "buffer", sys.stdout)
-        return rd, wr.write
+        return ConsoleIn(rd), wr.write
 
     def wifi_up(self, cfg):
         try:
@@ -120,6 +123,34 @@ class Hardware:
             return network.WLAN(network.STA_IF).config("mac")
         except (ImportError, OSError, ValueError):
             return machine.unique_id()
+
+
+class ConsoleIn(io.IOBase):
+    """The console as the link reads it: what has arrived, never more. A board's
+    sys.stdin.buffer.read(n) waits for all n bytes (the unix port's returns what is there), which
+    stalled the node's reader and every task with it on the QEMU board."""
+
+    def __init__(self, stream):
+        self.s = stream
+        self.p = select.poll()
+        self.p.register(stream, select.POLLIN)
+
+    def readinto(self, buf):
+        mv = memoryview(buf)
+        n = 0
+        while n < len(mv) and self.p.poll(0):
+            self.s.readinto(mv[n:n + 1])
+            n += 1
+        return n
+
+    def read(self, n):
+        buf = bytearray(n)
+        return bytes(memoryview(buf)[:self.readinto(buf)])
+
+    def ioctl(self, req, arg):
+        if req == _STREAM_POLL:  # asyncio waits on this object as on the console itself
+            return arg & select.POLLIN if self.p.poll(0) else 0
+        return 0
 
 
 def _edge_handler(ring, lane, loop, pin):

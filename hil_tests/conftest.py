@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mprun import *  # noqa: F401,F403 (both tiers' conftest modules offer the same helpers)
-from rig import free_port
+from rig import NODE_TARGETS, free_port, node_target
 
 
 @pytest.fixture
@@ -36,3 +36,33 @@ def mosquitto(tmp_path):
     yield port
     proc.terminate()
     proc.wait(5)
+
+
+# --- the rig's node targets (rig.py) ---------------------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--port", help="a real board's serial device: adds the `board` node target")
+
+
+def pytest_generate_tests(metafunc):
+    if "node" in metafunc.fixturenames:
+        names = [n for n in NODE_TARGETS if n != "board" or metafunc.config.getoption("--port")]
+        metafunc.parametrize("node", [pytest.param(n, id=n, marks=[getattr(pytest.mark, m)
+                                                                   for m in NODE_TARGETS[n]["marks"]])
+                                      for n in names], indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--port"):
+        return
+    skip = pytest.mark.skip(reason="needs a real board: give --port DEV")
+    for item in items:
+        if "board" in item.keywords and "node" not in item.fixturenames:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def node(request):
+    """A node target (rig.NODE_TARGETS): start(config) -> the gateway's serial device; stop()."""
+    target = node_target(request.param, port=request.config.getoption("--port"))
+    yield target
+    target.stop()

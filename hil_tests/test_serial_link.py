@@ -1,5 +1,6 @@
-"""A node on a serial line: the emulated board's console UART on one end of a pty cable, the
-gateway's pyserial reader on the other, readings through to a real mosquitto."""
+"""A node on a serial line: the node's console UART on one end of a pty cable, the gateway's
+pyserial reader on the other, readings through to a real mosquitto. The node is each of the rig's
+targets (hil_tests/rig.py): the unix-port emulator, the QEMU board, a real board with --port."""
 
 import subprocess
 import threading
@@ -10,7 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from rig import SENSORCITY
-from sensorcity.tools.serialmock import Faults, VirtualCable
+from sensorcity.tools.serialmock import Faults
 
 
 def _subscribe(port, batches):
@@ -27,22 +28,22 @@ def _subscribe(port, batches):
 
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("noisy", [False, True], ids=["clean", "bit-errors-1e-4"])
-def test_energy_node_over_serial(mosquitto, tmp_path, noisy):
+def test_energy_node_over_serial(mosquitto, tmp_path, noisy, node):
+    # `node` is each of the rig's node targets (hil_tests/rig.py): unix port, QEMU, a real board
+    if noisy and not node.injects_faults:
+        pytest.skip("line faults need the emulated cable")
     faults = Faults(bit_error=1e-4, seed=3) if noisy else None
-    cable = VirtualCable(faults, faults)
     reg, cfg = tmp_path / "nodes.json", tmp_path / "e1.json"
     subprocess.run([SENSORCITY, "provision", "--node-id", "e1", "--sensor", "energy",
                     "--registry", str(reg), "--out", str(cfg), "--interval", "1"], check=True,
                    capture_output=True)
     batches = []
     sub = _subscribe(mosquitto, batches)
-    gw = subprocess.Popen([SENSORCITY, "gateway", "run", "--serial", cable.b, "--broker",
+    line = node.start(cfg, faults)
+    gw = subprocess.Popen([SENSORCITY, "gateway", "run", "--serial", line, "--broker",
                            f"mqtt://127.0.0.1:{mosquitto}", "--spool", str(tmp_path / "spool"),
                            "--nodes", str(reg), "--gateway-id", "gw-serial"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    node = subprocess.Popen([SENSORCITY, "emulate", "--config", str(cfg), "--port", cable.a,
-                             "--heap", "128k"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
@@ -50,12 +51,10 @@ def test_energy_node_over_serial(mosquitto, tmp_path, noisy):
                 break
             time.sleep(0.5)
     finally:
-        node.terminate()
+        node_err = node.stop()
         gw.terminate()
-        node_err = node.communicate(timeout=10)[1]
         gw_err = gw.communicate(timeout=10)[1]
         sub.loop_stop()
-        cable.close()
     t1 = [r for b in batches for r in b if r.get(0) == "energy_import_t1"]
     assert len(t1) >= 5, (node_err[-2000:], gw_err[-2000:])
     names = {r.get(0) for b in batches for r in b}
