@@ -35,8 +35,18 @@ class GatewayCollector:
         yield counter("frames_stored", "Data frames committed to the spool", gw.stored)
         yield counter("frames_duplicate", "Data frames seen before (re-sent), acked again",
                       gw.duplicates)
+        sp = gw.spool.stats()
         yield gauge("spool_frames", "Frames in the spool not yet acknowledged by the broker",
-                    gw.spool_depth)
+                    sp["rows"])
+        yield gauge("spool_readings", "Readings in the spool not yet acknowledged", sp["readings"])
+        yield gauge("spool_used_bytes", "Bytes the spool's pages use", sp["used_bytes"])
+        yield gauge("spool_budget_bytes", "The spool's disk budget", sp["budget_bytes"])
+        for what in ("frames", "readings", "intervals"):
+            yield counter(f"spool_dropped_{what}",
+                          f"{what.capitalize()} dropped over the disk budget (oldest intervals)",
+                          sp[f"dropped_{what}"])
+        yield counter("spool_full", "Commits refused because the disk was full (not acked)",
+                      gw.spool_full)
         yield counter("batches_published", "Batches acknowledged by the broker (PUBACK)",
                       up.published_batches)
         yield counter("readings_published", "Readings in acknowledged batches",

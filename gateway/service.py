@@ -17,9 +17,9 @@ from .config import Config
 from .ingest import Ingest, Link
 from .metrics import Metrics
 from .registry import Registry
-from .spool import Spool
+from .spool import DUPLICATE, STALE, STORED, Spool, SpoolFull
 from .uplink import Uplink
-from .verify import Verifier, encode_records
+from .verify import Verifier, spool_entry
 
 log = logging.getLogger("sensorcity.gateway")
 QUEUE_MAX = 1000
@@ -47,6 +47,8 @@ class Gateway:
         self.links: dict[str, Link] = {}
         self.duplicates = 0
         self.stored = 0
+        self.spool_full = 0
+        self.spool_full_at = -1e9
         self.last_commit = time.monotonic()
         self.pipeline_stall = PIPELINE_STALL
         self.accepting = True
@@ -91,28 +93,32 @@ class Gateway:
 
     # --- queue -> spool -> ack -------------------------------------------------------------
     async def committer(self) -> None:
-        """Group commit: everything waiting is written in one transaction, then acked."""
+        """Group commit: everything waiting is written in one transaction, then acked. A full
+        disk acks nothing (the nodes keep their frames) and is tried again."""
         while True:
             batch = [await self.queue.get()]
             while len(batch) < COMMIT_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            fresh = await asyncio.to_thread(self._commit, batch)
-            for link, frame, _ in batch:
-                self.send(link, frame.node, frames.ACK, frame.seq)
+            entries = [spool_entry(frame, records) for _, frame, records in batch]
+            try:
+                outcomes = await asyncio.to_thread(self.spool.store, entries)
+            except SpoolFull as exc:
+                self.spool_full += 1
+                self.spool_full_at = time.monotonic()
+                log.error("spool: disk full, %d frames not acked: %s", len(batch), exc)
+                outcomes = []
+            for i, (link, frame, _) in enumerate(batch):
+                if i < len(outcomes):
+                    self.send(link, frame.node, frames.ACK, frame.seq)
                 self.queue.task_done()
             self.last_commit = time.monotonic()
-            self.stored += fresh
-            self.duplicates += len(batch) - fresh
-            if fresh:
+            self.stored += outcomes.count(STORED)
+            self.duplicates += outcomes.count(DUPLICATE)
+            self.verifier.rejected["stale"] += outcomes.count(STALE)  # acked, not stored
+            if STORED in outcomes:
                 self.uplink.wake.set()
-
-    def _commit(self, batch) -> int:
-        fresh = 0
-        with self.spool.transaction():
-            for _, frame, records in batch:
-                fresh += self.spool.insert(frame.node, frame.seq, encode_records(records),
-                                           len(records))
-        return fresh
+            if not outcomes:
+                await asyncio.sleep(1)
 
     # --- downlink: time and commands -------------------------------------------------------
     async def time_sync(self) -> None:
@@ -139,6 +145,8 @@ class Gateway:
     def health(self) -> tuple[bool, str]:
         if not self.pipeline_alive():
             return False, f"pipeline stalled: {self.queue.qsize()} frames wait for the spool"
+        if time.monotonic() - self.spool_full_at < self.pipeline_stall:
+            return False, "spool: the disk is full, frames are not acked"
         silent = time.monotonic() - self.uplink.last_progress
         if silent > self.cfg.stall:
             depth = self.spool_depth

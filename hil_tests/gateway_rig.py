@@ -12,11 +12,13 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from rig import free_port
+from rig import SENSORCITY, free_port
 from sensorcity.gateway import frames
 from sensorcity.gateway.registry import NodeEntry, Registry
 
@@ -179,3 +181,54 @@ def write_config(path: Path, **settings) -> Path:
 
 def plain_ssl_context(pki) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(pki["ca"]))
+
+
+class Gateway:
+    """`sensorcity gateway run` as a process, with a TCP listener and metrics on free ports."""
+
+    def __init__(self, tmp_path, brokers, nodes=("n1",), env=None, nodes_path=None,
+                 **settings):
+        self.tcp, self.http = free_port(), free_port()
+        self.keys = registry(tmp_path / "nodes.json", list(nodes)) if nodes else {}
+        self.spool = tmp_path / "spool"
+        cfg = dict(gateway_id="gw1", listen=[f"tcp://127.0.0.1:{self.tcp}"], brokers=brokers,
+                   spool=str(self.spool), nodes=nodes_path or str(tmp_path / "nodes.json"),
+                   metrics=f"127.0.0.1:{self.http}", batch_age=0.2)
+        cfg.update(settings)
+        write_config(tmp_path / "gw.toml", **cfg)
+        self.log = open(tmp_path / "gateway.log", "w+")
+        self.proc = subprocess.Popen([SENSORCITY, "gateway", "run", "--config",
+                                      str(tmp_path / "gw.toml")], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        wait_until(self._listening, 15, "the gateway's listener")
+
+    def _listening(self):
+        assert self.proc.poll() is None, self.output()
+        try:
+            socket.create_connection(("127.0.0.1", self.tcp), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def node(self, name="n1"):
+        return FakeNode(self.tcp, name, self.keys[name])
+
+    def get(self, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

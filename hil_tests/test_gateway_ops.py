@@ -2,73 +2,20 @@
 next broker, retained status and last will, a backlog drained oldest first while live data keeps
 its latency, SIGTERM drain with systemd's notify protocol, /metrics and /healthz."""
 
-import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import cbor2
 import pytest
 
 from gateway_pki import make_pki
-from gateway_rig import FakeNode, Mosquitto, Subscriber, registry, wait_until, write_config
-from rig import SENSORCITY, free_port
+from gateway_rig import Gateway, Mosquitto, Subscriber, registry, wait_until, write_config
+from rig import SENSORCITY
 from sensorcity.gateway.spool import Spool
 
 pytestmark = pytest.mark.mosquitto
-
-
-class Gateway:
-    """`sensorcity gateway run` as a process, with a TCP listener and metrics on free ports."""
-
-    def __init__(self, tmp_path, brokers, nodes=("n1",), env=None, **settings):
-        self.tcp, self.http = free_port(), free_port()
-        self.keys = registry(tmp_path / "nodes.json", list(nodes))
-        self.spool = tmp_path / "spool"
-        cfg = dict(gateway_id="gw1", listen=[f"tcp://127.0.0.1:{self.tcp}"], brokers=brokers,
-                   spool=str(self.spool), nodes=str(tmp_path / "nodes.json"),
-                   metrics=f"127.0.0.1:{self.http}", batch_age=0.2)
-        cfg.update(settings)
-        write_config(tmp_path / "gw.toml", **cfg)
-        self.log = open(tmp_path / "gateway.log", "w+")
-        self.proc = subprocess.Popen([SENSORCITY, "gateway", "run", "--config",
-                                      str(tmp_path / "gw.toml")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-        wait_until(self._listening, 15, "the gateway's listener")
-
-    def _listening(self):
-        assert self.proc.poll() is None, self.output()
-        try:
-            socket.create_connection(("127.0.0.1", self.tcp), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    def node(self, name="n1"):
-        return FakeNode(self.tcp, name, self.keys[name])
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def values(sub):
@@ -303,6 +250,7 @@ def test_metrics_and_health(tmp_path):
                      'sensorcity_gateway_link_rejected_total{link="tcp:127.0.0.1"} 1.0',
                      "sensorcity_gateway_delivery_latency_seconds_count 10.0",
                      "sensorcity_gateway_spool_frames 0.0",
+                     "sensorcity_gateway_spool_dropped_frames_total 0.0",
                      "sensorcity_gateway_uplink_connected 1.0",
                      "sensorcity_gateway_healthy 1.0"):
             assert line in text, line
