@@ -50,6 +50,7 @@ class Gateway:
         self.spool_full = 0
         self.spool_full_at = -1e9
         self.last_commit = time.monotonic()
+        self.commit_began: float | None = None
         self.pipeline_stall = PIPELINE_STALL
         self.accepting = True
         self.stop_requested = asyncio.Event()
@@ -100,6 +101,7 @@ class Gateway:
             while len(batch) < COMMIT_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             entries = [spool_entry(frame, records) for _, frame, records in batch]
+            self.commit_began = time.monotonic()
             try:
                 outcomes = await asyncio.to_thread(self.spool.store, entries)
             except SpoolFull as exc:
@@ -112,6 +114,7 @@ class Gateway:
                     self.send(link, frame.node, frames.ACK, frame.seq)
                 self.queue.task_done()
             self.last_commit = time.monotonic()
+            self.commit_began = None
             self.stored += outcomes.count(STORED)
             self.duplicates += outcomes.count(DUPLICATE)
             self.verifier.rejected["stale"] += outcomes.count(STALE)  # acked, not stored
@@ -139,12 +142,17 @@ class Gateway:
         return self.spool.depth()
 
     def pipeline_alive(self) -> bool:
-        """Frames that arrive get committed: nothing waits in the queue past the stall limit."""
-        return self.queue.empty() or time.monotonic() - self.last_commit < self.pipeline_stall
+        """Frames that arrive get committed: no commit takes longer than the stall limit, and
+        frames do not wait that long for the committer to come back for them."""
+        now = time.monotonic()
+        if self.commit_began is not None:
+            return now - self.commit_began < self.pipeline_stall
+        return self.queue.empty() or now - self.last_commit < self.pipeline_stall
 
     def health(self) -> tuple[bool, str]:
         if not self.pipeline_alive():
-            return False, f"pipeline stalled: {self.queue.qsize()} frames wait for the spool"
+            return False, (f"pipeline stalled: a commit or {self.queue.qsize()} queued frames "
+                           f"wait for the spool")
         if time.monotonic() - self.spool_full_at < self.pipeline_stall:
             return False, "spool: the disk is full, frames are not acked"
         silent = time.monotonic() - self.uplink.last_progress

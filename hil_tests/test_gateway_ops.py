@@ -267,3 +267,23 @@ def test_metrics_and_health(tmp_path):
         node.close()
         gw.stop()
         broker.stop()
+
+
+def test_time_goes_to_nodes_on_hello_and_periodically(tmp_path):
+    from sensorcity.gateway import frames
+    broker = Mosquitto(tmp_path / "broker")
+    gw = Gateway(tmp_path, [broker.url], time_every=1.0)
+    node = gw.node()
+    try:
+        node.send(0, kind=frames.HELLO, value={"fw": "test"})
+        wait_until(lambda: node.downlink, 5, "the time after hello")
+        first = node.downlink[0]
+        assert first.kind == frames.TIME and abs(first.body / 1000 - time.time()) < 2
+        time.sleep(3.2)
+        times = [f for f in node.downlink if f.kind == frames.TIME]
+        assert 3 <= len(times) <= 5, times
+        assert [f.seq for f in times] == sorted({f.seq for f in times})  # fresh seq each time
+    finally:
+        node.close()
+        gw.stop()
+        broker.stop()
