@@ -79,6 +79,7 @@ class Ingest:
         self.stats: dict[str, LinkStats] = {}
         self.tcp_open = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self.on_overflow: Callable[[int], None] | None = None  # counted as a rejection too
 
     def close_links(self) -> None:
         """Hang up every TCP link (serial links end with their watcher's tasks)."""
@@ -89,7 +90,11 @@ class Ingest:
         return self.stats.setdefault(name, LinkStats())
 
     async def _pump(self, link: Link, data: bytes) -> None:
-        for cobs in link.feed(data):
+        before = link.stats.overflows
+        cobs_frames = link.feed(data)
+        if link.stats.overflows != before and self.on_overflow:
+            self.on_overflow(link.stats.overflows - before)
+        for cobs in cobs_frames:
             if await self.handle(link, cobs) is False:
                 link.stats.rejected += 1
 

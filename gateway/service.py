@@ -37,6 +37,7 @@ class Gateway:
         self.verifier = Verifier(self.registry)
         self.uplink = Uplink(self.spool, cfg)
         self.ingest = Ingest(self.handle, cfg.serial_baud)
+        self.ingest.on_overflow = lambda n: self.verifier.rejected.update(overflow=n)
         self.commands = Commands(f"{cfg.topic_prefix}/{cfg.gateway_id}", self.send_command,
                                  self.uplink.reply, lambda n: n in self.registry.nodes,
                                  cfg.cmd_resend)
@@ -193,7 +194,9 @@ class Gateway:
         self.uplink.draining = True
         self.uplink.wake.set()
         deadline = began + QUEUE_DRAIN + self.cfg.drain
-        while time.monotonic() < deadline and await asyncio.to_thread(self.spool.depth):
+        # publish while connected; a broker that is away now will not be back in time
+        while time.monotonic() < deadline and self.uplink.connected and \
+                await asyncio.to_thread(self.spool.depth):
             await asyncio.sleep(0.05)
         await self.uplink.goodbye()
         left = await asyncio.to_thread(self.spool.depth)

@@ -99,8 +99,11 @@ def test_tcp_link_memory_is_bounded_and_resyncs_after_garbage():
             return False
         return True
 
+    over = []
+
     async def main():
         ingest = Ingest(handle)
+        ingest.on_overflow = over.append         # the service counts it as a rejection
         started = asyncio.Event()
         server = asyncio.create_task(ingest.serve_tcp("127.0.0.1", 0, started))
         await started.wait()
@@ -123,7 +126,7 @@ def test_tcp_link_memory_is_bounded_and_resyncs_after_garbage():
         assert name == "tcp:127.0.0.1"
         assert got == [1, 2]
         assert s.bytes == len(frame(1)) + (1 << 20) + 1 + 9 + len(frame(2))
-        assert s.overflows == 1                      # the long run, dropped once
+        assert s.overflows == 1 and over == [1]      # the long run, dropped once
         assert s.frames == 3 and s.rejected == 1     # frame 1, the short garbage, frame 2
         return biggest
 
