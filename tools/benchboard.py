@@ -57,7 +57,10 @@ class ToneSource:
 
 
 class BenchBoard:
-    def __init__(self, image: Path, heap: str = "128k", peripherals: dict | None = None,
+    """heap: the 64-bit unix port's objects are about twice an ESP32's; 192k holds a noise node's
+    peak (about 126k in its health records) with room for the REPL."""
+
+    def __init__(self, image: Path, heap: str = "192k", peripherals: dict | None = None,
                  uid: str = "a0b1c2d3e4f5", log: Path | None = None):
         self.image = Path(image)
         self.heap = heap
