@@ -3,14 +3,17 @@
 
     .venv/bin/python fuzz/run.py -runs=1000000 -seed=1 -max_len=4096
 
-Each input takes one of three shapes, picked by its first byte: raw bytes into a link's Deframer
+Each input takes one of four shapes, picked by its first byte: raw bytes into a link's Deframer
 (cut where the input says) and every frame out of it into the Verifier; a body for a frame with a
-valid CRC and tag (so the schema and SenML checks are reached, not only the CRC); a valid data
-frame with bytes overwritten. A crash is any exception escaping the verify path; every frame must
+valid CRC and tag (so the schema and SenML checks are reached, not only the CRC); a valid frame
+with wire bytes overwritten; a valid frame overwritten inside, its CRC made good (the tag and
+unknown-node checks). A crash is any exception escaping the verify path; every frame must
 be accepted or counted under exactly one reason. At the end: inputs, frames and the counters."""
 
 import json
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import atheris
@@ -46,7 +49,7 @@ def one_input(data: bytes) -> None:
     if tally["inputs"] % 100_000 == 0 or tally["inputs"] == RUNS:
         report()  # libFuzzer leaves with exit(), past Python's atexit
     fdp = atheris.FuzzedDataProvider(data)
-    shape = fdp.ConsumeIntInRange(0, 2)
+    shape = fdp.ConsumeIntInRange(0, 3)
     if shape == 0:
         deframer = frames.Deframer()
         rest = fdp.ConsumeBytes(fdp.remaining_bytes())
@@ -69,11 +72,16 @@ def one_input(data: bytes) -> None:
         except (ValueError, TypeError, RecursionError, cbor2.CBOREncodeError):
             return
         check(wire[:-1])
-    else:
+    elif shape == 2:
         wire = bytearray(fdp.PickValueInList(VALID))
         for _ in range(fdp.ConsumeIntInRange(1, 8)):
             wire[fdp.ConsumeIntInRange(0, len(wire) - 1)] = fdp.ConsumeIntInRange(1, 255)
         check(bytes(wire))
+    else:  # overwritten inside the CBOR frame, CRC made good again: the tag and node checks
+        raw = bytearray(frames.cobs_decode(fdp.PickValueInList(VALID))[:-4])
+        for _ in range(fdp.ConsumeIntInRange(1, 8)):
+            raw[fdp.ConsumeIntInRange(0, len(raw) - 1)] = fdp.ConsumeIntInRange(0, 255)
+        check(frames.cobs_encode(bytes(raw) + struct.pack("<I", zlib.crc32(raw))))
 
 
 def report():

@@ -104,7 +104,9 @@ def decode(cobs: bytes, key_for: Callable[[str], bytes | None]) -> Frame:
     if not (isinstance(item, list) and len(item) == 6 and item[0] == VERSION):
         raise FrameError("schema", "not a v1 frame")
     _, kind, node, seq, body, mac = item
-    if kind not in KIND_NAMES or not isinstance(node, str) or type(seq) is not int or seq < 0:
+    # type checks first: an unhashable kind (a list) must not reach the dict lookup
+    if type(kind) is not int or kind not in KIND_NAMES or not isinstance(node, str) \
+            or type(seq) is not int or seq < 0:
         raise FrameError("schema", "bad header")
     if not isinstance(mac, bytes) or len(mac) != TAG_LEN or not frame.endswith(b"\x48" + mac):
         raise FrameError("schema", "bad tag field")

@@ -18,10 +18,11 @@ log = logging.getLogger("sensorcity.gateway.spool")
 
 SCHEMA_VERSION = 2
 PAGE = 4096
-# 30 days of a 200-node site at 60 s intervals: 2 frames per node and interval (data, health) of
-# at most SPOOL_BYTES_PER_FRAME on disk (measured, docs/durability.md) -> 10 GiB
-SPOOL_BYTES_PER_FRAME = 600
-DEFAULT_MAX_MB = 30 * 24 * 60 * 200 * 2 * SPOOL_BYTES_PER_FRAME // 2**20
+# 30 days of a 200-node site at 60 s intervals, each interval a data frame (the largest kind,
+# energy or traffic) and a health frame, at their bytes on disk as measured with `loadsim spool`
+# (docs/durability.md): 6807 MiB
+DATA_FRAME_BYTES, HEALTH_FRAME_BYTES = 572, 254
+DEFAULT_MAX_MB = -(-30 * 24 * 60 * 200 * (DATA_FRAME_BYTES + HEALTH_FRAME_BYTES) // 2**20)
 SEEN_SECONDS = 24 * 3600   # (node, seq) remembered this long for de-dup ...
 SEEN_MAX = 1_000_000       # ... and at most this many of them
 PRUNE_EVERY = 60.0         # seconds between two prunes of `seen`

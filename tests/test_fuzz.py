@@ -2,6 +2,9 @@
 fuzz/run.py): no exception escapes, and every frame is either accepted or counted under exactly
 one rejection reason."""
 
+import struct
+import zlib
+
 import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -61,6 +64,27 @@ def test_tagged_frames_with_any_body(kind, seq, body):
     except (ValueError, TypeError, cbor2.CBOREncodeError):
         return  # cbor2 cannot encode it (a negative seq is fine)
     counted(v, wire[:-1])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(items, min_size=6, max_size=6) | items)
+def test_any_cbor_item_with_a_good_crc(item):
+    """Anyone can make a CRC: whatever CBOR a frame holds, the header checks reject it cleanly
+    (atheris found an unhashable kind raising TypeError here)."""
+    if isinstance(item, list) and item:
+        item[0] = 1
+    try:
+        raw = cbor2.dumps(item)
+    except (ValueError, TypeError, cbor2.CBOREncodeError):
+        return
+    counted(verifier(), frames.cobs_encode(raw + struct.pack("<I", zlib.crc32(raw))))
+
+
+def test_unhashable_kind_is_a_schema_rejection():
+    raw = cbor2.dumps([1, [0], NODE, 1, [], b"\0" * 8])
+    v = verifier()
+    counted(v, frames.cobs_encode(raw + struct.pack("<I", zlib.crc32(raw))))
+    assert v.rejected["schema"] == 1
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
