@@ -16,6 +16,7 @@ from typing import Callable
 log = logging.getLogger("sensorcity.gateway.commands")
 INTERVAL_MAX = 86400
 TTL = 24 * 3600.0  # a node that stays away this long gets its command expired
+PENDING_MAX = 1000  # commands waiting for acks, all nodes together
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Commands:
         try:
             if not self.known(node):
                 raise ValueError(f"unknown node {node!r}")
+            if len(self.pending) >= PENDING_MAX:
+                raise ValueError(f"{PENDING_MAX} commands wait already")
             body = parse(node, payload)
         except ValueError as exc:
             self.rejected += 1

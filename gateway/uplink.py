@@ -133,7 +133,10 @@ class Uplink:
             try:
                 async for msg in client.messages:
                     if self.on_message:
-                        self.on_message(str(msg.topic), bytes(msg.payload or b""))
+                        try:
+                            self.on_message(str(msg.topic), bytes(msg.payload or b""))
+                        except Exception:  # a bad message must not end the service
+                            log.exception("command on %s", msg.topic)
             except aiomqtt.MqttError:
                 pass
             await asyncio.sleep(0.1)

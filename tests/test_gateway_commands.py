@@ -87,3 +87,12 @@ def test_bad_requests_are_answered_not_sent():
     assert [m["status"] for _, m in r.replies] == ["rejected", "rejected"]
     assert "unknown node" in r.replies[0][1]["error"] and r.replies[0][1]["id"] == 1
     assert r.c.rejected == 2
+
+
+def test_pending_commands_are_bounded(monkeypatch):
+    monkeypatch.setattr(commands, "PENDING_MAX", 3)
+    r = Rig(online=False)
+    for _ in range(5):
+        r.c.submit(f"{BASE}/cmd/n1", b'{"op": "reboot"}')
+    assert len(r.c.pending) == 3
+    assert [m["status"] for _, m in r.replies] == ["rejected", "rejected"]
