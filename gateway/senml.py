@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
+import numpy as np
+
 # CBOR labels, RFC 8428 section 6
 BVER, BN, BT, BU, BV, BS = -1, -2, -3, -4, -5, -6
 N, U, V, VS, VB, S, T, UT, VD = 0, 1, 2, 3, 4, 5, 6, 7, 8
@@ -62,6 +64,8 @@ def resolve(pack, now: float = 0.0) -> list[Record]:
             value = rec[values[0]]
             if isinstance(value, Decimal):  # a decimal fraction (tag 4): exact on the link
                 value = float(value) if value.is_finite() else math.nan
+            elif isinstance(value, float):
+                value = _shortest(value)
             if values[0] == V:
                 if bv is not None and _is_num(value):
                     value = _add(bv, value)
@@ -84,6 +88,15 @@ def resolve(pack, now: float = 0.0) -> list[Record]:
             raise SenMLError(f"{name}: bad unit")
         out.append(Record(name, unit, value, t))
     return out
+
+
+def _shortest(x: float) -> float:
+    """A value a board computed in single precision (ESP32 floats are 32-bit), as the shortest
+    decimal that is the same float32: 52.284 rather than 52.284000396728516. A value that is not
+    a float32 is left as it is."""
+    if not math.isfinite(x) or float(np.float32(x)) != x:
+        return x
+    return float(str(np.float32(x)))
 
 
 def _is_num(x) -> bool:
