@@ -18,22 +18,14 @@ from pathlib import Path
 
 from ..errors import FatalError
 from ..gateway import frames, senml
-from ..paths import boards_dir, firmware_dir, micropython_bin
+from ..paths import firmware_dir, micropython_bin
 from .emulate import EMULATOR_DIR, parse_heap
-from . import wav
+from . import boards, wav
 from .mpy import compile_dir
 
 NODE_ID = "replay"
 BASE_NAME = "urn:dev:org:32473-sensorcity-replay:"
 RATES = (16000, 32000, 48000)
-
-
-def load_board(board: str) -> dict:
-    path = boards_dir() / f"{board}.json"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in boards_dir().glob("*.json")))
-        raise FatalError(f"board {board!r} is unknown; boards: {known}")
-    return json.loads(path.read_text())
 
 
 def wav_to_i2s(src: Path, dst: Path) -> int:
@@ -57,7 +49,7 @@ def replay(kind: str, source: Path, interval: int = 60, board: str = "esp32-devk
     source = Path(source)
     if not source.is_file():
         raise FatalError(f"{source}: no such file")
-    spec = load_board(board)
+    spec = boards.load(board)
     opts: dict = {}
     with tempfile.TemporaryDirectory(prefix="sensorcity-replay-") as tmp:
         path = source
