@@ -16,5 +16,5 @@ try:
 except KeyboardInterrupt:
     raise
 except Exception as exc:  # noqa: BLE001 (whatever failed, the board must come back)
-    sys.print_exception(exc, sys.stderr)  # stdout may be the link
+    sys.print_exception(exc, sys.stderr)  # type: ignore[arg-type]  # stdout may be the link
     board.reset()

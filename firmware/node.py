@@ -244,7 +244,7 @@ class Node:
         deframer = link.Deframer(RX_FRAME)
         buf = bytearray(128)
         mv = memoryview(buf)
-        frames = []
+        frames = []  # type: list
         while True:
             n = await sr.readinto(buf)
             if not n:
