@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the board's clock runs this many times faster than the wall clock "
                          "(a simulated day in 24 h / SPEED; see docs/node.md)")
     em.add_argument("--target", choices=["unix", "qemu"], default="unix")
-    em.add_argument("--heap", default="128k",
-                    help="emulated heap (default 128k: the 64-bit unix port's objects are about "
+    em.add_argument("--heap", default="192k",
+                    help="emulated heap (default 192k: the 64-bit unix port's objects are about "
                          "twice an ESP32's, see docs/emulation.md)")
     em.set_defaults(func=_emulate)
 

@@ -84,7 +84,7 @@ async def run_demo(nodes: int = 3, seconds: float = 30, broker: str | None = Non
     port = gateway.tcp_started.port
     emulated = []
     for i, path in enumerate(configs):
-        node = EmulatedNode(path, f"tcp://127.0.0.1:{port}", interval=interval, heap="128k",
+        node = EmulatedNode(path, f"tcp://127.0.0.1:{port}", interval=interval, heap="192k",
                             seed=i, log=open(path.with_suffix(".log"), "w"))
         node.start()
         emulated.append(node)

@@ -99,7 +99,7 @@ def _traffic_feeder(seed: int, spacing: float, loop_length: float, speed: float 
 
 
 class EmulatedNode:
-    def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "128k",
+    def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "192k",
                  seed: int = 0, log=None, speed: float = 1, clock_offset: float = 0.0):
         self.config = Path(config).resolve()
         try:
