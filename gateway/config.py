@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import FatalError
+from .spool import DEFAULT_MAX_MB as DEFAULT_SPOOL_MB
 
 DEFAULT_PATH = Path("/etc/sensorcity/gateway.toml")
 TYPES = {"list[str]": list, "str": str, "int": int, "float": (int, float), "bool": bool,
@@ -77,6 +78,7 @@ class Config:
     mqtt_version: int = 5
     session_expiry: int = 7 * 24 * 3600                  # seconds the broker keeps our session
     spool: str = "/var/lib/sensorcity"
+    spool_max_mb: int = DEFAULT_SPOOL_MB                 # disk budget; oldest intervals go above it
     nodes: str = field(default_factory=lambda: default_registry())
     batch_max: int = 200
     batch_age: float = 1.0
@@ -113,6 +115,8 @@ class Config:
             host, _, port = self.metrics.rpartition(":")
             if not host or not port.isdigit() or int(port) > 65535:
                 raise FatalError(f"metrics {self.metrics!r}: use HOST:PORT (or \"\" for none)")
+        if self.spool_max_mb < 4:
+            raise FatalError(f"spool_max_mb {self.spool_max_mb}: at least 4")
         if self.session_expiry < 0 or self.cmd_resend <= 0 or self.stall <= 0 or self.drain < 0:
             raise FatalError("session_expiry, drain must be >= 0; cmd_resend, stall > 0")
 

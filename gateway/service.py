@@ -33,7 +33,7 @@ class Gateway:
         cfg.check()
         self.cfg = cfg
         self.registry = Registry.load(cfg.nodes)
-        self.spool = Spool(cfg.spool)
+        self.spool = Spool(cfg.spool, cfg.spool_max_mb)
         self.verifier = Verifier(self.registry)
         self.uplink = Uplink(self.spool, cfg)
         self.ingest = Ingest(self.handle, cfg.serial_baud)

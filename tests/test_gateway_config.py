@@ -58,6 +58,7 @@ BROKEN = {
     'serial = "/dev/ttyUSB0"': "serial must be list",
     'serial = [1]': "list of strings",
     'mqtt_version = 6': "mqtt_version",
+    'spool_max_mb = 1': "spool_max_mb 1: at least 4",
     'colour = "red"': "unknown setting 'colour'",
     'brokers = [': "config",
 }
