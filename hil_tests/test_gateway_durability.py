@@ -95,7 +95,7 @@ def test_kill_9_three_times_and_broker_down_lose_nothing(tmp_path):
                 node_cfg["min_speed"] = 20.0  # intervals close 6 s after their end, not 23 s
                 path.write_text(json.dumps(node_cfg))
             node = EmulatedNode(path, f"tcp://127.0.0.1:{listen}", interval=INTERVAL,
-                                heap="128k", seed=i, log=open(path.with_suffix(".log"), "w"))
+                                heap="192k", seed=i, log=open(path.with_suffix(".log"), "w"))
             node.start()
             nodes.append(node)
         # nodes registered after the gateway started: it reads the registry at start, so
