@@ -185,7 +185,9 @@ def test_kill_9_at_random_points_loses_nothing_acked(tmp_path):
     acked_set = {(n, int(s)) for n, s in (ln.split() for ln in acked.read_text().splitlines())}
     assert len(acked_set) > 1000
     assert acked_set <= spooled | set(received), "an acked frame was lost"
-    assert not spooled & set(received), "released rows are gone for good"
+    # the last kill may fall between a batch's delivery and its release: that batch is both
+    # delivered and still spooled (it goes out again on the next start: a duplicate, never a loss)
+    assert len(spooled & set(received)) <= 50
     assert sp.depth() == len(spooled)
     # a frame may reach the subscriber twice only if the kill fell between its delivery and
     # its release: at most once per kill, a batch
@@ -252,3 +254,19 @@ def test_no_query_scans_the_backlog(tmp_path):
     for name in small:
         assert big[name] <= small[name] * 1.5 + 200, (name, small[name], big[name])
     assert PAGE == sp.page_size
+
+
+def test_spool_max_mb_is_a_config_key(tmp_path):
+    from sensorcity.errors import FatalError
+    from sensorcity.gateway import config
+    from sensorcity.gateway.spool import DEFAULT_MAX_MB
+    f = tmp_path / "gw.toml"
+    f.write_text("spool_max_mb = 64\n")
+    assert config.load(f).spool_max_mb == 64
+    f.write_text("")
+    # 30 days of 200 nodes at 60 s, a data and a health frame each, as measured (572 + 254 B)
+    assert config.load(f).spool_max_mb * 2**20 >= 30 * 1440 * 200 * (572 + 254)
+    assert DEFAULT_MAX_MB == config.load(f).spool_max_mb
+    f.write_text("spool_max_mb = 2\n")
+    with pytest.raises(FatalError, match="spool_max_mb"):
+        config.load(f)
