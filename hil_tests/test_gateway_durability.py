@@ -5,18 +5,15 @@ one minute. A persistent-session MQTT 5 subscriber (QoS 1) must see every node's
 without a gap; duplicates are counted and reported (goal: none)."""
 
 import json
-import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
 from rig import free_port
 from sensorcity.tools.emulate import EmulatedNode
+from sensorcity.tools.mosquitto import Mosquitto
 from sensorcity.tools.loadsim import (Stats, Subscriber, gateway_config, start_gateway,
                                       stop_gateway, wait_port)
 from sensorcity.tools.provision import provision
@@ -29,36 +26,6 @@ INTERVAL = 1
 EVERY_INTERVAL = {"LAeq", "LAFmax", "LAFmin", "LA10", "LA50", "LA90", "p1_crc_errors",
                   "lane1/count", "lane1/count_c1", "lane1/count_c2", "lane1/count_c3",
                   "lane1/occupancy"}
-
-
-class Broker:
-    """mosquitto with persistence on a fixed port, stopped and started again by the test."""
-
-    def __init__(self, work: Path):
-        self.port = free_port()
-        self.conf = work / "mosquitto.conf"
-        (work / "mq").mkdir()
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             f"persistence true\npersistence_location {work}/mq/\n"
-                             f"max_queued_messages 100000\n")
-        self.proc = None
-
-    def start(self):
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("mosquitto did not start")
-
-    def stop(self):
-        self.proc.terminate()  # mosquitto writes its persistence file on the way out
-        self.proc.wait(10)
 
 
 def series(stats: Stats) -> dict[str, list[int]]:
@@ -75,8 +42,7 @@ def gaps(ts: list[int]) -> list[tuple[int, int]]:
 @pytest.mark.fault
 @pytest.mark.mosquitto
 def test_kill_9_three_times_and_broker_down_lose_nothing(tmp_path):
-    broker = Broker(tmp_path)
-    broker.start()
+    broker = Mosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",))
     stats = Stats()
     sub = Subscriber(broker.port, "sensorcity/v1/chaos/batch", stats, "chaos-subscriber")
     assert sub.subscribed.wait(10)
