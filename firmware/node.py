@@ -17,7 +17,9 @@ from store import Store
 
 FW_VERSION = "0.2.0"
 SEQ_BLOCK = const(64)  # sequence numbers reserved per flash write
-ACK_TIMEOUT_MS = const(2000)
+ACK_TIMEOUT_MS = const(2000)  # the oldest frame in flight goes again after this (node.json
+# ack_timeout_ms: an accelerated emulated clock needs more board time for the host's round trip)
+WINDOW = const(8)  # frames in flight: a backlog drains at the link's pace, not one per round trip
 MAX_BACKOFF_MS = const(30000)
 TIME_WAIT_MS = const(5000)
 STEP_MS = const(2000)  # a clock error beyond this is stepped, a smaller one slewed
@@ -131,13 +133,14 @@ class Node:
         self.gw_seq = -1
         self.progress = 0  # advanced by the sensor pipelines only: it feeds the watchdog
         self.sent = 0
-        self.acked_seq = -1
+        self.flight = []  # the sender's frames in flight (seq numbers), oldest first
+        self.acks = []  # the acked ones among them
         self.heap_peak = 0
-        self.wake = asyncio.Event()
-        self.acked = asyncio.Event()
+        self.wake = asyncio.Event()  # a frame stored, an ack, the link up or down
         self.timed = asyncio.Event()
         self.write = None
         self.reboot_requested = False
+        self.trace = cfg.get("trace", False)  # never on a board whose console is its link
 
     # --- clock -----------------------------------------------------------------------------
     def epoch_ms(self):
@@ -169,6 +172,9 @@ class Node:
         frame = link.encode_frame(self.key, link.DATA, self.node_id, seq,
                                   senml.pack(self.base_name, t, records))
         self.store.append(frame, seq)
+        if self.trace:  # the node's own record of what it produced, for the fault tests
+            import sys
+            sys.stderr.write("emitted %d %d %s\n" % (seq, t, " ".join(r[0] for r in records)))
         frame = records = None
         self.note_heap()
         self.wake.set()
@@ -211,8 +217,9 @@ class Node:
             self.rx_rejects += 1
             return
         if kind == link.ACK:
-            self.acked_seq = body
-            self.acked.set()
+            if body in self.flight and body not in self.acks:
+                self.acks.append(body)
+                self.wake.set()
             return
         if seq <= self.gw_seq:  # a replayed or old downlink frame
             self.rx_rejects += 1
@@ -254,31 +261,77 @@ class Node:
                 self.on_frame(frames.pop(0))
 
     async def sender(self):
-        backoff = ACK_TIMEOUT_MS
+        """Up to WINDOW frames in flight, oldest first; acks may come in any order and the store
+        releases frames in order as they are acked. When the oldest in flight goes unacked for
+        the timeout, every unacked frame in flight is sent again (the gateway drops copies by
+        sequence number) and the timeout doubles, up to MAX_BACKOFF_MS."""
+        store = self.store
+        flight = self.flight  # sequence numbers sent and not yet released, ascending
+        acks = self.acks  # of those, the ones the gateway acked
+        base = self.cfg.get("ack_timeout_ms", ACK_TIMEOUT_MS)
+        backoff = base
+        seg = -1  # the cursor: where the next frame to send starts in the store
+        off = 0
+        since = self.ticks_ms()  # the last progress: a frame released, or a first send
         while True:
-            frame = self.store.peek()
-            if frame is None or self.write is None:
-                self.wake.clear()
+            self.wake.clear()
+            frame = store.peek()  # release what is acked, oldest first
+            while frame is not None and store.seq in acks:
+                acks.remove(store.seq)
+                store.pop()
+                self.sent += 1
+                backoff = base
+                await asyncio.sleep_ms(0)  # a release rewrites flash (ms each): let the
+                since = self.ticks_ms()  # pipelines run between them while a backlog drains
+                frame = store.peek()
+            # seq numbers rise through the store: anything in flight below its oldest is gone
+            # (released, or dropped by a full store)
+            low = store.seq if frame is not None else self.seq.next
+            while flight and flight[0] < low:
+                flight.pop(0)
+            while acks and min(acks) < low:
+                acks.remove(min(acks))
+            if self.write is None:
+                flight.clear()
+                seg = -1
                 await self.wake.wait()
                 continue
-            seq = self.store.seq  # kept beside the frame: nothing to decode here
-            self.acked.clear()
-            self.write(frame)
+            if flight and time.ticks_diff(self.ticks_ms(), since) >= backoff:
+                self.resends += len(flight) - len(acks)
+                backoff = min(backoff * 2, max(MAX_BACKOFF_MS, base))
+                since = self.ticks_ms()
+                flight.clear()
+                seg = -1  # go back to the oldest unreleased frame
+            if seg < 0 or seg < store.tail_seg or (seg == store.tail_seg and off < store.tail_off):
+                seg, off = store.tail_seg, store.tail_off
+                flight.clear()
+            while len(flight) < WINDOW:
+                frame = store.peek_after(seg, off)
+                if frame is None:
+                    break
+                seq = store.seq
+                seg, off = store.at_seg, store.at_off
+                if seq in acks:  # acked while others before it were not: not sent again
+                    flight.append(seq)
+                    continue
+                if not flight:
+                    since = self.ticks_ms()
+                flight.append(seq)
+                self.write(frame)
             frame = None
-            try:
-                await asyncio.wait_for_ms(self.acked.wait(), backoff)
-            except asyncio.TimeoutError:
-                pass
-            if self.acked_seq != seq:
-                self.resends += 1
-                backoff = min(backoff * 2, MAX_BACKOFF_MS)
+            if not flight:
+                await self.wake.wait()
                 continue
-            backoff = ACK_TIMEOUT_MS
-            self.store.pop()
-            self.sent += 1
+            wait = backoff - time.ticks_diff(self.ticks_ms(), since)
+            if wait > 0:
+                try:
+                    await asyncio.wait_for_ms(self.wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
 
     async def serial_link(self):
         rd, self.write = self.hw.console_link()
+        self.write(b"\x00")  # ends whatever frame a reset cut off, so the hello arrives whole
         self.hello()
         await self.reader(asyncio.StreamReader(rd))
 
@@ -306,7 +359,7 @@ class Node:
             except OSError:
                 pass
             self.write = None
-            self.acked.set()  # wake the sender so it notices the link is gone
+            self.wake.set()  # the sender notices the link is gone
             try:
                 w.close()
             except OSError:

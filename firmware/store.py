@@ -154,6 +154,20 @@ class Store:
                 return None
             self._advance_segment()
 
+    def peek_after(self, seg, off):
+        """The record at (seg, off), or the first one of a later segment: a view (valid until
+        the next store call; its sequence number in .seq) or None. The sender's cursor for
+        frames in flight: (self.at_seg, self.at_off) is where the record after it starts."""
+        while True:
+            n = self._read_at(seg, off)
+            if n >= 0:
+                self.at_seg, self.at_off = seg, off + HDR + n
+                return self.mv[:n]
+            nxt = self._next_seg(seg)
+            if nxt == seg:
+                return None
+            seg, off = nxt, 0
+
     def _advance_segment(self):
         old = self.tail_seg
         self.tail_seg, self.tail_off = self._next_seg(old), 0
