@@ -28,7 +28,7 @@ from sensorcity.tools import loadsim
 from sensorcity.tools.mosquitto import Mosquitto
 
 K_NODES = 20
-FRAMES_PER_NODE = 400
+FRAMES_PER_NODE = 250
 READINGS_PER_FRAME = len(loadsim.NOISE)
 BACKLOG_FRAMES = 24 * 60 * 200
 LOAD_NODES = 200
@@ -164,8 +164,12 @@ def bridge(work: Path, upstream: Mosquitto) -> float:
 def backlog(tmp: Path, upstream: Mosquitto, runs: int) -> dict:
     """Drain a 24 h, 200-node spool (filled once, copied for each run)."""
     import cbor2
+    import sqlite3
     master = tmp / "backlog-master" / "spool"
     filled = loadsim.spool_at_size(BACKLOG_FRAMES, master)
+    db = sqlite3.connect(master / "spool.sqlite3")
+    total = sum(len(cbor2.loads(p)) for (p,) in db.execute("SELECT pack FROM outbox"))
+    db.close()
     rates, rss = [], []
     for i in range(runs):
         work = tmp / f"backlog-{i}"
@@ -175,7 +179,6 @@ def backlog(tmp: Path, upstream: Mosquitto, runs: int) -> dict:
         loadsim.provision_nodes(1, registry)
         counter = Counter(upstream.port, f"sensorcity/v1/drain{i}/batch",
                           lambda payload: len(cbor2.loads(payload)))
-        total = BACKLOG_FRAMES * READINGS_PER_FRAME
         t0 = time.time()
         gw = loadsim.start_gateway(loadsim.gateway_config(work, upstream.port, listen,
                                                           f"drain{i}"),
@@ -195,7 +198,8 @@ def backlog(tmp: Path, upstream: Mosquitto, runs: int) -> dict:
             counter.stop()
             shutil.rmtree(work, ignore_errors=True)
     return {"backlog_drain_readings_per_s": summary(rates), "backlog_drain_rss_mb": summary(rss),
-            "backlog_frames": filled["rows"], "backlog_spool_mb": filled["files_mb"]}
+            "backlog_frames": filled["rows"], "backlog_readings": total,
+            "backlog_spool_mb": filled["files_mb"]}
 
 
 def run(tmp: Path, runs: int) -> dict:
