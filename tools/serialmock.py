@@ -59,6 +59,8 @@ class VirtualCable:
         self.connected = threading.Event()
         self.connected.set()
         self._stop = False
+        self._held = {self.ma: bytearray(), self.mb: bytearray()}  # stalled bytes, by source
+        self._stall_until = {self.ma: 0.0, self.mb: 0.0}
         self._rng = random.Random(self.faults[self.ma].seed)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -67,6 +69,13 @@ class VirtualCable:
         peer = {self.ma: self.mb, self.mb: self.ma}
         while not self._stop:
             r, _, _ = select.select([self.ma, self.mb], [], [], 0.1)
+            for fd, held in self._held.items():
+                if held and time.monotonic() >= self._stall_until[fd]:
+                    try:
+                        os.write(peer[fd], bytes(held))
+                    except OSError:
+                        pass
+                    held.clear()
             for fd in r:
                 try:
                     data = os.read(fd, 4096)
@@ -75,6 +84,9 @@ class VirtualCable:
                 if not self.connected.is_set():
                     continue  # unplugged: bytes fall on the floor
                 data = self.faults[fd].apply(data, self._rng)
+                if time.monotonic() < self._stall_until[fd]:
+                    self._held[fd] += data  # delivered, in order, when the stall ends
+                    continue
                 try:
                     os.write(peer[fd], data)
                 except OSError:
@@ -84,6 +96,10 @@ class VirtualCable:
         self.connected.clear()
         time.sleep(seconds)
         self.connected.set()
+
+    def stall(self, seconds: float, a_to_b: bool = True):
+        """Hold one direction's bytes for `seconds` (a pause, not a loss); returns at once."""
+        self._stall_until[self.ma if a_to_b else self.mb] = time.monotonic() + seconds
 
     def close(self):
         self._stop = True

@@ -1,0 +1,139 @@
+"""The simulated day (issue 3, node runtime): an energy node (the real firmware in the unix port,
+60 s intervals) on the emulated board's accelerated clock, its serial link unplugged for a stretch
+in the middle of the run, the real gateway in-process and a real mosquitto behind it. Every
+interval the node produced reaches the broker, the backlog after the outage oldest first, nothing
+dropped from the node's flash; the run reports the node's heap peak (its health records'
+heap_peak) and the host time taken.
+
+The suite runs a shortened day; the whole one is a script:
+
+    .venv/bin/python hil_tests/test_node_day.py --hours 24 --outage 6 --speed 240
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from node_rig import Rig, gaps, series  # noqa: E402
+
+INTERVAL = 60
+DATA = {"energy": "p1_crc_errors", "traffic": "lane1/count"}
+
+
+def simulated_day(work: Path, broker_port: int, hours: float, outage: float, speed: float,
+                  kind: str = "energy", heap: str = "128k") -> dict:
+    """Run `hours` of board time at `speed`, the link unplugged for `outage` hours in the
+    middle; check delivery; the figures."""
+    began = time.monotonic()
+    h0 = time.time()
+    rig = Rig(work, broker_port, kind=kind, interval=INTERVAL, speed=speed, heap=heap,
+              # the gateway lives in the simulated day too: its time frames keep the board's
+              # pace (a wall-clock gateway would step the board back hours at each hello)
+              clock=lambda: h0 + (time.time() - h0) * speed,
+              # the acks' host round trip (a few ms, an fsync) is `speed` times longer on the
+              # board's clock: give it 100 ms of the host's before a frame goes again
+              node_settings={"ack_timeout_ms": int(speed * 100), "min_speed": 20.0})
+    try:
+        host = 3600 / speed  # host seconds per simulated hour
+        t0 = time.monotonic()
+        time.sleep(max(0.0, t0 + (hours - outage) / 2 * host - time.monotonic()))
+        rig.cable.connected.clear()
+        out_at = time.time()
+        out_board = (time.monotonic() - t0) * speed / 3600
+        time.sleep(outage * host)
+        rig.cable.connected.set()
+        back_at = time.time()
+        time.sleep(max(0.0, t0 + hours * host - time.monotonic()))
+        produced = rig.produced()
+        drain = time.monotonic()
+        rig.wait_delivered(produced, timeout=max(60.0, 0.2 * hours * host))
+        drained = time.monotonic() - drain
+        health = rig.health()
+        resets = rig.board.log().count("watchdog reset")
+        arrival = [t for (n, t) in list(rig.stats.records) if n == rig.base + DATA[kind]]
+        c = rig.finish()
+    finally:
+        rig.close()
+    ts = series(produced, DATA[kind])
+    return {
+        "kind": kind, "speed": speed, "heap": heap, "hours": hours, "outage_hours": outage,
+        "intervals": len(ts), "simulated_hours": (ts[-1] - ts[0] + INTERVAL) / 3600 if ts else 0,
+        "gaps": gaps(ts, INTERVAL),
+        "gaps_at_h": [round((a - ts[0]) / 3600, 2) for a, _ in gaps(ts, INTERVAL)], "frames_produced": len(produced),
+        "arrival_in_order": arrival == sorted(arrival), "arrival": arrival, "ts": ts,
+        "heap_peak": max(h.get("heap_peak") or 0 for h in health),
+        "heap_free_min": min(h.get("heap_free") or 1 << 30 for h in health),
+        "store_depth_max": max(h.get("store_depth") or 0 for h in health),
+        "store_dropped": max(h.get("store_dropped") or 0 for h in health),
+        "boots": sorted({h.get("boot_count") for h in health}), "watchdog_resets": resets,
+        "link_resends": max(h.get("link_resends") or 0 for h in health),
+        "duplicate_frames": c["duplicate_frames"], "broker_duplicates": c["broker_duplicates"],
+        "rejected": {r: n for r, n in c["rejected"].items() if n},
+        "outage_host_s": round(back_at - out_at, 1), "outage_at_h": round(out_board, 2),
+        "drain_after_end_s": round(drained, 1), "run_s": round(time.monotonic() - began, 1),
+    }
+
+
+def check(r: dict) -> None:
+    ts = r["ts"]
+    want = r["hours"] * 3600 / INTERVAL
+    assert len(ts) >= 0.9 * want, (len(ts), want)  # the board's clock kept its pace
+    # every interval the node closed reached the broker (Rig.wait_delivered), the backlog oldest
+    # first, each once
+    assert r["arrival_in_order"], "the backlog did not arrive oldest first"
+    assert r["arrival"][:len(ts)] == ts
+    # No interval left out, but for one: at 240x a 250 ms pause of the host (the machine is
+    # shared) is a whole 60 s interval on the board's clock, and the energy pipeline, which looks
+    # at the clock every 200 ms, then closes two intervals as one. Seen once at boot in a 24 h
+    # run; the drain's flash writes did it too until the sender yielded between releases.
+    assert len(r["gaps"]) <= 1 and all(b - a == 2 * INTERVAL for a, b in r["gaps"]), r["gaps"]
+    assert r["store_dropped"] == 0 and r["boots"] == [1] and r["watchdog_resets"] == 0
+    assert r["store_depth_max"] >= 2 * r["outage_hours"] * 3600 / INTERVAL * 0.8
+    assert r["broker_duplicates"] == 0
+
+
+@pytest.mark.fault
+@pytest.mark.mosquitto
+@pytest.mark.unixport
+def test_shortened_day_with_an_outage(mosquitto, tmp_path):
+    # 3 simulated hours with a 1 h outage in the middle at 240x: 45 s of the host's. At 360x a
+    # host hiccup of 170 ms is a whole 60 s interval on the board's clock, and the energy
+    # pipeline's 200 ms loop then closes two intervals as one (seen under load)
+    r = simulated_day(tmp_path, mosquitto, hours=3, outage=1, speed=240)
+    print("day:", json.dumps({k: v for k, v in r.items() if k not in ("arrival", "ts")}))
+    check(r)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hours", type=float, default=24)
+    p.add_argument("--outage", type=float, default=6)
+    p.add_argument("--speed", type=float, default=240)
+    p.add_argument("--kind", choices=sorted(DATA), default="energy")
+    p.add_argument("--heap", default="128k")
+    p.add_argument("--work", help="keep the run's files (node log, spool) in this new folder")
+    a = p.parse_args(argv)
+    from sensorcity.tools.mosquitto import Mosquitto
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Mosquitto(Path(tmp) / "mq")
+        try:
+            work = Path(a.work) if a.work else Path(tmp) / "day"
+            work.mkdir()
+            r = simulated_day(work, broker.port, a.hours, a.outage, a.speed, a.kind, a.heap)
+        finally:
+            broker.stop()
+    print(json.dumps({k: v for k, v in r.items() if k not in ("arrival", "ts")}, indent=1))
+    check(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
