@@ -17,7 +17,7 @@ import tty
 from pathlib import Path
 
 from ..paths import micropython_bin
-from .emulate import EMULATOR_DIR, FLASH_BLOCKS
+from .emulate import EMULATOR_DIR, FLASH_BLOCKS, stop_process
 from .mpy import compile_dir
 from .serialmock import VirtualCable
 from .signals import tone_block
@@ -121,13 +121,7 @@ class BenchBoard:
 
     def stop(self):
         self._stop.set()
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.cable:
             for fd in self.fds.values():
                 os.close(fd)

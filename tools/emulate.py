@@ -24,6 +24,18 @@ FLASH_BLOCKS = 512  # 2 MiB of littlefs, the size of an ESP32-DevKitC's filesyst
 TRAFFIC_PINS = (32, 35)
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `grace` seconds; reaped either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def flash_image_for(config: Path) -> Path:
     return config.with_suffix(".flash.img")
 
@@ -189,12 +201,7 @@ class EmulatedNode:
 
     def stop(self):
         self._stop.set()
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         for f in self.feeders:
             f.stop()
         if self.tty_fd is not None:

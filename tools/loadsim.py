@@ -34,6 +34,8 @@ import cbor2
 from ..gateway import config as gwconfig
 from ..gateway import frames, senml
 from ..gateway.registry import NodeEntry, Registry
+from .broker import free_port
+from .emulate import stop_process
 
 NOISE = ("LAeq", "LAFmax", "LAFmin", "LA10", "LA50", "LA90")
 ACK_TIMEOUT, MAX_BACKOFF = 2.0, 30.0
@@ -198,12 +200,6 @@ def provision_nodes(n: int, registry: Path, prefix: str = "sim") -> dict[str, by
     return keys
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def gateway_config(work: Path, broker_port: int, listen_port: int, gateway_id: str,
                    batch_age: float = 1.0) -> Path:
     """A TOML config for `sensorcity gateway run`; no metrics listener where the config has one,
@@ -225,12 +221,7 @@ def start_gateway(config: Path, log) -> subprocess.Popen:
 
 
 def stop_gateway(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, grace=15)  # SIGTERM drains: give it time
 
 
 def wait_port(port: int, timeout: float = 15) -> None:
