@@ -122,8 +122,10 @@ class GatewayThread:
         return self.gw.ingest.stats.get(f"serial:{device}")
 
     def wait_open(self, device: str, timeout: float = 10):
-        wait_until(lambda: (s := self.link(device)) is not None and s.open, timeout,
-                   f"the gateway to open {device}")
+        def is_open():
+            assert self.error is None, f"the gateway stopped: {self.error!r}"
+            return (s := self.link(device)) is not None and s.open
+        wait_until(is_open, timeout, f"the gateway to open {device}")
 
     def seen(self, node_id: str) -> set[int]:
         """Sequence numbers of the node's data frames in the spool (stored, published or not)."""
