@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from node_rig import (LINE_REASONS, Board, Rig, Tap, frame_counts, gaps, line_rejections, series,
-                      wait_until)
+from node_rig import (LINE_REASONS, Rig, Tap, corrupted_frames, frame_counts, gaps,
+                      line_rejections, series, wait_until)
 from sensorcity.tools.emulate import EmulatedNode, _Feeder
 
 pytestmark = [pytest.mark.fault, pytest.mark.mosquitto, pytest.mark.unixport]
@@ -71,10 +71,25 @@ LINE = {
 }
 
 
+def node_rejects_explained(rig: Rig) -> tuple[int, int, int]:
+    """The node's own count of rejected downlink frames (rx_rejects in its health) against the
+    corrupted frames the cable handed it: at least those before a health record's interval,
+    at most those by the time the record arrived."""
+    _, before = corrupted_frames(rig.down)
+    s = time.time()
+    wait_until(lambda: any(h["t"] > s + 1 and "rx_rejects" in h for h in rig.health()), 10,
+               "a health record after the snapshot")
+    _, by_now = corrupted_frames(rig.down)
+    counted = next(h for h in rig.health() if h["t"] > s + 1)["rx_rejects"]
+    assert before <= counted <= by_now, (before, counted, by_now)
+    return before, counted, by_now
+
+
 @pytest.mark.parametrize("fault", list(LINE))
 def test_line_noise(make_rig, fault):
     rig = make_rig(up=Tap(seed=11, **LINE[fault]), down=Tap(seed=12, **LINE[fault]))
     produced = deliver(rig, 14.0)
+    print("node rx_rejects:", node_rejects_explained(rig))
     c = rig.finish()
     assert c["corrupted_up"] > 0 and c["corrupted_down"] + c["corrupted_up"] > 1
     check_counters(c, events=0)
