@@ -56,10 +56,14 @@ class Hardware:
         return ConsoleIn(rd), wr.write
 
     def wifi_up(self, cfg):
+        """Join the Wi-Fi of the node's link config (`ssid`, `psk`); True once connected. A link
+        without an ssid has its network already (wired Ethernet, the emulated board's host)."""
+        if not cfg.get("ssid"):
+            return True
         try:
             import network
         except ImportError:
-            return True  # the emulated board's host network
+            return True
         wlan = network.WLAN(network.STA_IF)
         wlan.active(True)
         if not wlan.isconnected():
@@ -92,12 +96,6 @@ class Hardware:
                         machine.Pin.IRQ_RISING | machine.Pin.IRQ_FALLING)
                 pins.append(pin)
         return pins
-
-    def irq_off(self):
-        return machine.disable_irq()
-
-    def irq_on(self, state):
-        machine.enable_irq(state)
 
     # --- health and safety -----------------------------------------------------------------
     def start_watchdog(self, timeout_ms):

@@ -338,6 +338,10 @@ class Node:
     async def tcp_link(self, host, port):
         delay = 1
         while True:
+            if not self.hw.wifi_up(self.cfg.get("link", {})):
+                await asyncio.sleep(delay)  # the access point is not there yet
+                delay = min(delay * 2, 30)
+                continue
             try:
                 r, w = await asyncio.open_connection(host, port)
             except OSError:
