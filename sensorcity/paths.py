@@ -17,10 +17,6 @@ def firmware_dir() -> Path:
     return _package_dir("sensorcity.firmware")
 
 
-def protocol_dir() -> Path:
-    return _package_dir("sensorcity.protocol")
-
-
 def boards_dir() -> Path:
     return _package_dir("sensorcity.boards")
 
