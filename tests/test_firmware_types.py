@@ -16,7 +16,8 @@ def test_firmware_type_checks_against_esp32_stubs():
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--custom-typeshed-dir", str(TYPINGS),
          "--python-version", "3.11", "--no-site-packages", "--check-untyped-defs",
-         "--explicit-package-bases", "--no-incremental", *modules],
+         "--explicit-package-bases", "--no-incremental", "--cache-dir", "/dev/null",
+         *modules],
         cwd=ROOT / "firmware", env={"MYPYPATH": str(TYPINGS), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=600)
     # the stubs themselves carry a few errors of their own; only the firmware's count
