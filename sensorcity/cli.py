@@ -65,9 +65,8 @@ def _emulate(a):
         raise FatalError(f"--speed {a.speed}: give a factor above 0")
     if a.target == "qemu":
         from .tools.qemu import QemuNode
-        if a.speed != 1:
-            raise FatalError("--speed: the QEMU board runs on the wall clock only")
-        node = QemuNode(Path(a.config), a.port, interval=a.interval, heap=a.heap, log=sys.stderr)
+        node = QemuNode(Path(a.config), a.port, interval=a.interval, heap=a.heap, log=sys.stderr,
+                        speed=1 if a.realtime else a.speed)
     else:
         node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
                             log=sys.stderr, speed=1 if a.realtime else a.speed)

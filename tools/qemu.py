@@ -30,6 +30,9 @@ BOARD_DIR = ROOT / "tools" / "emulator" / "qemu"  # board-side helpers, flashima
 TICKS_PERIOD = 1 << 30  # MicroPython's ticks wrap here on 32-bit boards
 PSRAM_SIZE = 16 << 20  # the AN385's PSRAM, the flash file's size; littlefs uses its first 2 MiB
 FLASH_BLOCKS = 512  # of 4096 bytes, as hil_tests/qemu/_boot.py mounts them
+ROM_OFFSET = 2 << 20  # a ROMFS here in the flash is mounted at /rom by hil_tests/qemu/_boot.py
+ROM_SIZE = 1 << 20
+EPOCH_2000 = 946684800  # the board counts time.time() from 2000, as an ESP32 does
 
 _PTY_LINE = re.compile(rb"redirected to (/dev/pts/\d+) \(label serial(\d)\)")
 _RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
@@ -65,6 +68,39 @@ def write_flash(image, files):
     if proc.returncode:
         raise QemuError(f"writing the flash image {image} failed:\n{proc.stderr}")
     return image
+
+
+def write_rom(image, files):
+    """Put a ROMFS image holding files ({rom path: local Path}) into the flash image's ROM
+    partition, where the board mounts it at /rom: .mpy files there run in place, their bytecode
+    stays in flash instead of the heap, as with frozen modules. Built with mpremote's ROMFS writer,
+    the one `mpremote romfs deploy` uses. Returns the ROMFS's size in bytes."""
+    from mpremote.romfs import VfsRomWriter
+    rom = VfsRomWriter()
+    tree: dict = {}
+    for dst, src in files.items():
+        *dirs, name = dst.strip("/").split("/")
+        node = tree
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = Path(src).read_bytes()
+
+    def add(node):
+        for name in sorted(node):
+            if isinstance(node[name], dict):
+                rom.opendir(name)
+                add(node[name])
+                rom.closedir()
+            else:
+                rom.mkfile(name, node[name])
+    add(tree)
+    data = rom.finalise()
+    if len(data) > ROM_SIZE:
+        raise QemuError(f"the ROMFS ({len(data)} bytes) is larger than its {ROM_SIZE}-byte partition")
+    with open(image, "r+b") as f:
+        f.seek(ROM_OFFSET)
+        f.write(data + b"\xff" * (ROM_SIZE - len(data)))  # the rest erased, as flash is
+    return len(data)
 
 
 def ensure_built():
@@ -239,9 +275,16 @@ class QemuNode:
     The board's clock starts `wrap_in` seconds before ticks_ms and ticks_us wrap at 2^30, so each
     run crosses the wrap early (Linux starts its jiffies shortly before their wrap for the same
     reason); None starts it at 0.
+
+    The firmware's modules are in the flash's ROMFS (write_rom), as a production board has them
+    frozen or in its romfs partition: their bytecode is not on the heap. boot.py, main.py and
+    node.json are files on its littlefs. The emulator's clock (tools/emulator/time.py, select.py)
+    goes with them: `speed` runs the board's clock that many times faster than the host's (an
+    integer), and its RTC is set at each boot to the host's clock (+ clock_offset), scaled alike.
     """
 
-    def __init__(self, config, port, interval=None, heap="128k", seed=0, log=None, wrap_in=20.0):
+    def __init__(self, config, port, interval=None, heap="128k", seed=0, log=None, wrap_in=20.0,
+                 speed=1, clock_offset=0.0):
         from ..errors import FatalError
         if port.startswith("tcp://"):
             raise FatalError("--target qemu has no network: give a serial device for --port")
@@ -262,6 +305,12 @@ class QemuNode:
         self.seed = seed
         self.log = log
         self.image = self.config.with_suffix(".qemu-flash.img")
+        if int(speed) != speed or speed < 1:
+            raise FatalError(f"--speed {speed}: the QEMU board's clock runs a whole number of "
+                             "times faster than the host's")
+        self.speed = int(speed)
+        self._epoch0 = (time.time() + clock_offset, time.time())
+        self.rom_bytes = 0
         self.board = None
         self.boots = 0
         self.tty_fd = None
@@ -272,13 +321,24 @@ class QemuNode:
         from ..paths import firmware_dir
         from .mpy import compile_dir
         from . import signals
+        from .emulate import EMULATOR_DIR
         fw = compile_dir(firmware_dir(), march="armv7m")
-        files = {f.name: f for f in fw.iterdir() if f.suffix in (".mpy", ".py")}
-        files["lib/machine.mpy"] = compile_dir(BOARD_DIR, march="armv7m") / "machine.mpy"
+        emu = compile_dir(EMULATOR_DIR, march="armv7m")
+        rom = {f.name: f for f in fw.iterdir() if f.suffix == ".mpy"}
+        rom["lib/machine.mpy"] = compile_dir(BOARD_DIR, march="armv7m") / "machine.mpy"
+        rom["lib/time.mpy"] = emu / "time.mpy"
+        rom["lib/select.mpy"] = emu / "select.mpy"
+        # littlefs comes first on sys.path: no module of an older image may shadow the ROMFS
+        files = {name: "-" for name in rom}
+        files.update({f.name: f for f in fw.iterdir() if f.suffix == ".py"})
+        files["rtc"] = "-"  # power on: the RTC starts unset
+        # the board's console is its link: no trace lines on it
+        node = dict(self.node, link={"serial": True}, trace=False)
         with tempfile.TemporaryDirectory() as tmp:
             cfg = Path(tmp) / "node.json"
-            cfg.write_text(json.dumps(dict(self.node, link={"serial": True})))
+            cfg.write_text(json.dumps(node))
             write_flash(self.image, dict(files, **{"node.json": cfg}))
+        self.rom_bytes = write_rom(self.image, rom)
         try:
             self.tty_fd = os.open(self.port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as exc:
@@ -287,8 +347,19 @@ class QemuNode:
         self.meter = signals.Meter(self.seed)
         self._spawn()
 
+    def board_time(self):
+        """The board's clock now, as the host keeps it: seconds since 1970."""
+        e0, h0 = self._epoch0
+        return e0 + (time.time() - h0) * self.speed
+
     def _spawn(self):
         self.boots += 1
+        with tempfile.TemporaryDirectory() as tmp:
+            emu = Path(tmp) / "emu.json"
+            emu.write_text(json.dumps({"speed": self.speed, "rtc": "/rtc",
+                                       "epoch": 0,
+                                       "epoch_ms": int((self.board_time() - EPOCH_2000) * 1000)}))
+            write_flash(self.image, {"emu.json": emu})
         self.board = QemuBoard(heap=self.heap, ticks_us=self.ticks_us, flash=self.image,
                                repl=False).__enter__()
         if self.log:
@@ -322,7 +393,9 @@ class QemuNode:
             with serial.Serial(board.sensor_port) as line:
                 while not self._stop.is_set() and board.proc is not None:
                     line.write(self.meter.second())
-                    self._stop.wait(1.0)
+                    # at most 5 a second of the host's: parsing telegrams is most of what the
+                    # emulated CPU does, and an accelerated board has little of it to spare
+                    self._stop.wait(max(1.0 / self.speed, 0.2))
         except (OSError, serial.SerialException):
             return
 

@@ -1,7 +1,8 @@
 # Writes files into the QEMU board's flash image before it boots; run by the host's MicroPython
 # unix port, whose littlefs is the board's (vfs.VfsLfs2 with the same block size and count as
 # hil_tests/qemu/_boot.py). Existing files are replaced, others kept, as mpremote cp does.
-# argv: image block-count then pairs of board-path host-path
+# argv: image block-count then pairs of board-path host-path; a host-path of "-" removes the
+# board's file if it is there.
 import os
 import sys
 
@@ -42,6 +43,12 @@ def main(image, blocks, pairs):
     buf = bytearray(BLOCK)
     for i in range(0, len(pairs), 2):
         dst = "/flash/" + pairs[i].strip("/")
+        if pairs[i + 1] == "-":
+            try:
+                os.remove(dst)
+            except OSError:
+                pass
+            continue
         parts = dst.split("/")
         for k in range(3, len(parts)):
             try:

@@ -5,6 +5,8 @@
 # Cortex-M system reset, both of which QEMU carries out by restarting the board in place (the
 # flash, a host file behind the PSRAM, keeps its contents). No I2S or Pin interrupts: noise and
 # traffic nodes run on the unix-port emulator.
+import time
+
 import umachine
 from micropython import const
 from umachine import *  # noqa: F401,F403
@@ -43,6 +45,18 @@ class WDT:
         mem32[_WDOG + _WDOG_LOCK] = _UNLOCK
         mem32[_WDOG + _WDOG_INTCLR] = 1  # reloads the counter
         mem32[_WDOG + _WDOG_LOCK] = 0
+
+
+class RTC:
+    # The AN385 has no battery-backed RTC: the emulator's clock (time.py beside this file, when
+    # the host put it on the board) keeps the setting across a reset, in the board's flash.
+    def datetime(self, dt=None):
+        if dt is None:
+            t = time.gmtime()
+            return (t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0)
+        secs = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+        if hasattr(time, "_adjust"):
+            time._adjust(secs - time.time())
 
 
 def reset():
