@@ -96,7 +96,7 @@ def _run_qemu(kind, path, interval, key, node_id, base_name, opts, heap):
     come back on UART0 as base64 lines, since UART0 also carries the raw REPL's framing."""
     import serial
 
-    from .qemu import BOARD_DIR, QemuBoard, QemuError, heap_bytes, write_flash
+    from .qemu import BOARD_DIR, QemuBoard, QemuError, heap_bytes, write_flash, write_rom
     size = path.stat().st_size
     if kind == "noise":
         source, timeout = f"hostfile.HostFile({str(path.resolve())!r})", 60 + size / 500_000
@@ -115,19 +115,23 @@ def _run_qemu(kind, path, interval, key, node_id, base_name, opts, heap):
     files.update({f"lib/{n}.mpy": helpers / f"{n}.mpy" for n in ("uartfile", "hostfile")})
     files["lib/replay.mpy"] = compile_dir(EMULATOR_DIR, march="armv7m") / "replay.mpy"
     try:
-        with tempfile.TemporaryDirectory(prefix="sensorcity-qemu-") as tmp, \
-                QemuBoard(heap=heap_bytes(parse_heap(heap)),
-                          flash=write_flash(Path(tmp) / "flash.img", files)) as board:
-            board.start(code)
-            if kind == "noise":
-                out = board.result(timeout)
-            else:  # the recording goes down the sensor line while the board runs
-                # the line stays open until the board is done: QEMU stops reading a closed pty
-                with serial.Serial(board.sensor_port) as line:
-                    feeder = threading.Thread(target=_send, args=(path, line), daemon=True)
-                    feeder.start()
+        with tempfile.TemporaryDirectory(prefix="sensorcity-qemu-") as tmp:
+            # the modules in the flash's ROMFS, their bytecode off the heap, as on a production
+            # board (docs/node.md, Heap)
+            image = write_flash(Path(tmp) / "flash.img", {})
+            write_rom(image, files)
+            with QemuBoard(heap=heap_bytes(parse_heap(heap)), flash=image) as board:
+                board.start(code)
+                if kind == "noise":
                     out = board.result(timeout)
-                    feeder.join(5)
+                else:  # the recording goes down the sensor line while the board runs
+                    # the line stays open until the board is done: QEMU stops reading a closed
+                    # pty
+                    with serial.Serial(board.sensor_port) as line:
+                        feeder = threading.Thread(target=_send, args=(path, line), daemon=True)
+                        feeder.start()
+                        out = board.result(timeout)
+                        feeder.join(5)
     except QemuError as exc:
         last = exc.args[0].strip().splitlines()[-1]
         raise FatalError(f"replay failed on the QEMU board: {last}") from exc
