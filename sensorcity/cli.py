@@ -131,7 +131,13 @@ def _flash(a):
     if step in (None, "app"):
         if not a.config:
             raise FatalError("give --config NODE.json (written by `sensorcity provision`)")
-        r = flash.flash_app(a.repl_port or a.port, Path(a.config), progress, wait=a.wait)
+        r = flash.flash_app(a.repl_port or a.port, Path(a.config), progress, wait=a.wait,
+                            romfs=a.romfs)
+        if r["romfs"]:
+            rom = r["romfs"]
+            print(f"romfs: {len(rom['modules'])} modules, {rom['bytes']} bytes, "
+                  f"{'deployed' if rom['deployed'] else 'unchanged'}; "
+                  f"{len(r['removed'])} left-over files removed")
         print(f"app for {r['arch']}: {len(r['written'])} files written, "
               f"{len(r['unchanged'])} unchanged, sha256 checked on the device")
     if step is None:
@@ -175,6 +181,9 @@ def _bench_parsers(sub) -> None:
     fl.add_argument("--baud", type=int, default=460800, help="esptool's write speed")
     fl.add_argument("--wait", type=float, default=10.0,
                     help="seconds to wait for the REPL after a reset (default 10)")
+    fl.add_argument("--romfs", action="store_true",
+                    help="app: the compiled modules into the board's romfs partition, where they "
+                    "run in place (off the heap; MicroPython >= 1.25 with a romfs partition)")
     fl.add_argument("--quiet", action="store_true", help="no progress bars")
     fl.set_defaults(func=_flash)
 

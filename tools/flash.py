@@ -6,7 +6,9 @@ sha256-checked on the device, node.json and a generated board.py), then the node
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,10 +219,95 @@ def app_files(cfg: dict, board: dict, march: str) -> dict[str, bytes]:
     return files
 
 
+NO_ROMFS = ("{port}: this MicroPython has no romfs partition (`mpremote romfs query` finds "
+            "none): flash a MicroPython build with one (MICROPY_VFS_ROM and a \"romfs\" "
+            "partition), or use plain `flash app`")
+
+
+def romfs_image(modules: dict[str, bytes]) -> bytes:
+    """A ROMFS image of the modules (name -> .mpy bytes) at its root, built with mpremote's own
+    writer (`mpremote romfs build`); the board mounts it at /rom, which is on sys.path."""
+    from mpremote.romfs import VfsRomWriter
+    rom = VfsRomWriter()
+    for name in sorted(modules):
+        rom.mkfile(name, modules[name])
+    return rom.finalise()
+
+
+class _DeployOutput(io.TextIOBase):
+    """mpremote's romfs deploy prints its progress: kept for an error line, drawn by our bar."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress, self.total, self.text = progress, total, ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        for m in re.finditer(r"Writing at offset (\d+)", s):
+            self.progress.update(int(m[1]), self.total)
+        return len(s)
+
+
+def _romfs_partition(t, port: str) -> int:
+    """The size of the board's first romfs partition; FatalError when it has none."""
+    t.exec("import vfs")
+    if not t.eval("hasattr(vfs,'rom_ioctl') and vfs.rom_ioctl(1)>0"):
+        raise FatalError(NO_ROMFS.format(port=port))
+    t.exec("_rom=vfs.rom_ioctl(2,0)")
+    if t.eval("isinstance(_rom,int)"):
+        raise FatalError(NO_ROMFS.format(port=port))
+    return t.eval("_rom.ioctl(4,0)*_rom.ioctl(5,0) if hasattr(_rom,'ioctl') else len(_rom)")
+
+
+def _romfs_digest(t, size: int) -> bytes:
+    t.exec("import hashlib")
+    return t.eval(f"hashlib.sha256(memoryview(_rom)[:{size}]).digest()")
+
+
+def deploy_romfs(t, port: str, image: bytes, progress: Progress) -> bool:
+    """Write the ROMFS image to the board's romfs partition with mpremote's `romfs deploy`
+    (it unmounts /rom, erases, writes; the board mounts the new one at its next boot), then check
+    it by sha256 on the device. Returns False when the partition already held this image."""
+    from argparse import Namespace
+    from contextlib import redirect_stdout
+    from tempfile import TemporaryDirectory
+    from mpremote.commands import CommandError, do_romfs
+    from mpremote.main import State
+    room = _romfs_partition(t, port)
+    if len(image) > room:
+        raise FatalError(f"the app's ROMFS is {len(image)} bytes, the romfs partition on {port} "
+                         f"has {room}: flash a MicroPython build with a larger one, or use plain "
+                         f"`flash app`")
+    digest = hashlib.sha256(image).digest()
+    if _romfs_digest(t, len(image)) == digest:
+        return False
+    state = State()
+    state.transport = t
+    state._auto_soft_reset = False  # already in the raw REPL; the node must not start again
+    out = _DeployOutput(progress, len(image))
+    with TemporaryDirectory() as tmp:
+        path = Path(tmp) / "app.romfs"
+        path.write_bytes(image)
+        args = Namespace(command=["deploy"], path=str(path), partition=0, mpy=False)
+        try:
+            with progress.step(f"romfs ({len(image)} bytes)", total=len(image)), \
+                    redirect_stdout(out):
+                do_romfs(state, args)
+        except (CommandError, SystemExit) as exc:
+            last = (out.text.strip().splitlines() or [str(exc)])[-1]
+            raise FatalError(f"mpremote romfs deploy on {port}: {last}") from exc
+    t.exec("_rom=vfs.rom_ioctl(2,0)")
+    if _romfs_digest(t, len(image)) != digest:
+        raise FatalError(f"sha256 of the romfs partition on {port} does not match the image: the "
+                         f"serial line corrupts data (cable, hub); try again")
+    return True
+
+
 def flash_app(port: str, config: Path, progress: Progress | None = None, wait: float = 10.0,
-              reset: bool = True) -> dict:
+              reset: bool = True, romfs: bool = False) -> dict:
     """Copy the node application and its config; each file is checked by sha256 on the device,
-    and files already there with the right hash are left alone."""
+    and files already there with the right hash are left alone. romfs=True puts the compiled
+    modules into the board's romfs partition instead (their bytecode then runs in place, off the
+    heap) and only boot.py, main.py, board.py and node.json on its filesystem."""
     from mpremote.transport import TransportError
     progress = progress or Progress()
     try:
@@ -231,6 +318,7 @@ def flash_app(port: str, config: Path, progress: Progress | None = None, wait: f
     chip = boards.CHIPS[board["chip"]]
     t = _connect_repl(port, wait)
     written, unchanged = [], []
+    rom = None
     try:
         info = device_info(t)
         on_esp = info["platform"].startswith("esp32")
@@ -245,6 +333,13 @@ def flash_app(port: str, config: Path, progress: Progress | None = None, wait: f
                                  f"{chip.march}")
         march = info["arch"] or chip.march  # the emulated board reports its host's (x64)
         files = app_files(cfg, board, march)
+        if romfs:
+            modules = {n: files.pop(n) for n in list(files) if n.endswith(".mpy")}
+            image = romfs_image(modules)
+            deployed = deploy_romfs(t, port, image, progress)
+            rom = {"modules": sorted(modules), "bytes": len(image), "deployed": deployed}
+        # a left-over .py would shadow its new .mpy; after --romfs, an earlier app's .mpy would
+        # shadow the ROMFS ('' comes before /rom on sys.path)
         stale = {n for n in info["files"] if n.endswith((".py", ".mpy")) and n not in files}
         total = sum(len(b) for b in files.values())
         with progress.step(f"copying app ({march})", total=total):
@@ -261,7 +356,7 @@ def flash_app(port: str, config: Path, progress: Progress | None = None, wait: f
                     written.append(name)
                 done += len(data)
                 progress.update(done, total)
-            for name in sorted(stale):  # a left-over .py would shadow its new .mpy
+            for name in sorted(stale):
                 t.fs_rmfile(name)
         if reset:
             t.exec_raw_no_follow("import machine; machine.reset()")
@@ -273,7 +368,7 @@ def flash_app(port: str, config: Path, progress: Progress | None = None, wait: f
         except OSError:
             pass
     return {"arch": march, "written": written, "unchanged": unchanged, "removed": sorted(stale),
-            "platform": info["platform"]}
+            "platform": info["platform"], "romfs": rom}
 
 
 def wait_hello(port: str, config: Path, timeout: float = 30.0) -> dict:

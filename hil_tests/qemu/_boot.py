@@ -4,10 +4,11 @@
 # memory-backend=...), which makes it the board's flash chip: it survives machine.reset() (QEMU
 # exits and is started again) and can be written on the host before boot (tools/qemu.py). Without
 # that it is plain RAM: it survives a soft reset (Ctrl-D) but not a restart of QEMU.
-# A ROMFS image 2 MiB into the same chip (tools/qemu.write_rom), as in an ESP32's romfs
-# partition, is mounted at /rom, with /rom and /rom/lib at the end of sys.path as MicroPython
-# does on ports that mount it themselves: .mpy files there run in place, their bytecode stays in
-# flash instead of the heap.
+# The 1 MiB after it is the board's romfs partition (vfs_rom_ioctl.c), as an ESP32 build with a
+# "romfs" partition has one: a ROMFS image there (tools/qemu.write_rom, `mpremote romfs deploy`,
+# `sensorcity flash app --romfs`) is mounted at /rom by MicroPython itself before this file runs,
+# with /rom and /rom/lib on sys.path; .mpy files there run in place, their bytecode stays in flash
+# instead of the heap. /lib follows them, as on an ESP32.
 import sys
 import uctypes
 import vfs
@@ -15,8 +16,6 @@ import vfs
 _BLOCK = 4096
 _BASE = 0x21000000
 _COUNT = 512  # 2 MiB
-_ROM = 0x21200000
-_ROM_SIZE = 0x100000  # 1 MiB
 
 
 class RAMBlockDev:
@@ -50,11 +49,6 @@ def _mount():
         fs = vfs.VfsLfs2(bdev)
     vfs.mount(fs, "/")
     sys.path.append("/lib")
-    rom = uctypes.bytearray_at(_ROM, _ROM_SIZE)
-    if rom[0] == 0xD2 and rom[1] == 0xCD and rom[2] == 0x31:  # a ROMFS header
-        vfs.mount(vfs.VfsRom(rom), "/rom")
-        sys.path.append("/rom")
-        sys.path.append("/rom/lib")
 
 
 _mount()
