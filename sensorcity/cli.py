@@ -65,10 +65,10 @@ def _emulate(a):
         raise FatalError(f"--speed {a.speed}: give a factor above 0")
     if a.target == "qemu":
         from .tools.qemu import QemuNode
-        node = QemuNode(Path(a.config), a.port, interval=a.interval, heap=a.heap, log=sys.stderr,
-                        speed=1 if a.realtime else a.speed)
+        node = QemuNode(Path(a.config), a.port, interval=a.interval, heap=a.heap or "64k",
+                        log=sys.stderr, speed=1 if a.realtime else a.speed)
     else:
-        node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap,
+        node = EmulatedNode(Path(a.config), a.port, interval=a.interval, heap=a.heap or "192k",
                             log=sys.stderr, speed=1 if a.realtime else a.speed)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     node.start()
@@ -259,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the board's clock runs this many times faster than the wall clock "
                          "(a simulated day in 24 h / SPEED; see docs/node.md)")
     em.add_argument("--target", choices=["unix", "qemu"], default="unix")
-    em.add_argument("--heap", default="192k",
-                    help="emulated heap (default 192k: the 64-bit unix port's objects are about "
-                         "twice an ESP32's, see docs/emulation.md)")
+    em.add_argument("--heap",
+                    help="emulated heap (default: 192k on the unix port, whose 64-bit objects "
+                         "are about twice an ESP32's and whose bytecode is on the heap; 64k on "
+                         "QEMU, an ESP32's budget; see docs/node.md, Heap)")
     em.set_defaults(func=_emulate)
 
     rp = sub.add_parser("replay", help="a recording through the real firmware; JSON lines out")
