@@ -35,7 +35,7 @@ from gateway_rig import wait_until  # noqa: E402
 from node_rig import Rig, gaps, series  # noqa: E402
 
 INTERVAL = 60
-DATA = {"energy": "p1_crc_errors", "traffic": "lane1/count"}
+DATA = {"energy": "p1_crc_errors", "noise": "LAeq", "traffic": "lane1/count"}
 
 
 def simulated_day(work: Path, broker_port: int, hours: float, outage: float, speed: float,

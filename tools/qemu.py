@@ -33,6 +33,11 @@ FLASH_BLOCKS = 512  # of 4096 bytes, as hil_tests/qemu/_boot.py mounts them
 ROM_OFFSET = 2 << 20  # a ROMFS here in the flash is mounted at /rom by hil_tests/qemu/_boot.py
 ROM_SIZE = 1 << 20
 EPOCH_2000 = 946684800  # the board counts time.time() from 2000, as an ESP32 does
+# A noise node's microphone comes in on UART1, which carries about 10 kB/s: at 16 kHz (the rate a
+# QEMU node runs at unless its config sets one), in frames of block floating point that the
+# board's machine.I2S widens into the raw 32-bit words (tools/emulator/qemu/machine.py)
+MIC_RATE = 16000
+MIC_FRAME = 32  # samples per frame, after a sync byte 0x80 and the frame's shift
 
 _PTY_LINE = re.compile(rb"redirected to (/dev/pts/\d+) \(label serial(\d)\)")
 _RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
@@ -101,6 +106,25 @@ def write_rom(image, files):
         f.seek(ROM_OFFSET)
         f.write(data + b"\xff" * (ROM_SIZE - len(data)))  # the rest erased, as flash is
     return len(data)
+
+
+def mic_frames(raw):
+    """The microphone's raw words (little-endian int32, as I2S delivers them) as the QEMU board's
+    microphone line carries them: per MIC_FRAME samples 0x80, a shift s (0..24) and each word
+    >> s rounded to a signed byte (-127..127): 8 bits of mantissa under the frame's peak, 34
+    bytes for 32 samples."""
+    import numpy as np
+    w = np.frombuffer(raw, "<i4").astype(np.int64).reshape(-1, MIC_FRAME)
+    peak = np.abs(w).max(axis=1)
+    shift = np.full(len(w), 24, np.int64)
+    for s in range(24, -1, -1):
+        shift[((peak + ((1 << s) >> 1)) >> s) <= 127] = s
+    m = np.clip((w + ((1 << shift) >> 1)[:, None]) >> shift[:, None], -127, 127)
+    out = np.empty((len(w), MIC_FRAME + 2), np.uint8)
+    out[:, 0] = 0x80
+    out[:, 1] = shift
+    out[:, 2:] = m.astype(np.int8).view(np.uint8)
+    return out.tobytes()
 
 
 def ensure_built():
@@ -272,6 +296,11 @@ class QemuNode:
     Its flash is an image file beside the config (NODE.qemu-flash.img), its link UART0 joined to
     the serial device `port`, its P1 meter (tools/signals.Meter) on UART1. machine.reset() and
     the watchdog end QEMU; supervise() starts it again on the same flash, as a board reboots.
+    A noise node has no P1 port: UART1 is its microphone's I2S line instead (mic_frames), fed at
+    the real sample rate whatever the speed (each accelerated interval hears 1/speed of its audio)
+    from `mic`, an object whose second() returns a second of raw words (default
+    tools/signals.StreetNoise, as the unix-port emulator's). The node runs at its config's `rate`,
+    else MIC_RATE; what the line cannot carry in time is dropped, as an I2S DMA overrun drops it.
     The board's clock starts `wrap_in` seconds before ticks_ms and ticks_us wrap at 2^30, so each
     run crosses the wrap early (Linux starts its jiffies shortly before their wrap for the same
     reason); None starts it at 0.
@@ -284,7 +313,7 @@ class QemuNode:
     """
 
     def __init__(self, config, port, interval=None, heap="128k", seed=0, log=None, wrap_in=20.0,
-                 speed=1, clock_offset=0.0):
+                 speed=1, clock_offset=0.0, mic=None):
         from ..errors import FatalError
         if port.startswith("tcp://"):
             raise FatalError("--target qemu has no network: give a serial device for --port")
@@ -293,9 +322,15 @@ class QemuNode:
             self.node = json.loads(self.config.read_text())
         except (OSError, ValueError) as exc:
             raise FatalError(f"cannot read node config {config}: {exc}") from exc
-        if self.node.get("sensor") != "energy":
-            raise FatalError(f"{config}: a {self.node.get('sensor')} node needs I2S or pin "
-                             "interrupts, which the QEMU board lacks: use --target unix")
+        self.kind = self.node.get("sensor")
+        if self.kind not in ("energy", "noise"):
+            raise FatalError(f"{config}: a {self.kind} node needs pin interrupts, which the "
+                             "QEMU board lacks: use --target unix")
+        if self.kind == "noise":
+            self.node["rate"] = self.rate = int(self.node.get("rate", MIC_RATE))
+        self.mic = mic
+        self.mic_dropped = 0  # bytes of the microphone line the board did not take in time
+        self._mic_cache = {}
         if interval:
             self.node["interval"] = int(interval)
         self.port = port
@@ -345,6 +380,9 @@ class QemuNode:
             raise FatalError(f"cannot open {self.port}: {exc.strerror}") from exc
         tty.setraw(self.tty_fd, termios.TCSANOW)
         self.meter = signals.Meter(self.seed)
+        if self.kind == "noise" and self.mic is None:
+            self.mic = signals.StreetNoise(self.rate, self.node.get("mic_sensitivity", -26.0),
+                                           self.seed)
         self._spawn()
 
     def board_time(self):
@@ -363,11 +401,13 @@ class QemuNode:
         self.board = QemuBoard(heap=self.heap, ticks_us=self.ticks_us, flash=self.image,
                                repl=False).__enter__()
         if self.log:
+            sensor = "microphone" if self.kind == "noise" else "meter"
             print(f"qemu node: boot {self.boots}, link {self.board.port} <-> {self.port}, "
-                  f"meter on {self.board.sensor_port}", file=self.log, flush=True)
+                  f"{sensor} on {self.board.sensor_port}", file=self.log, flush=True)
         board = self.board
         threading.Thread(target=self._pump, args=(board,), daemon=True).start()
-        threading.Thread(target=self._feed_meter, args=(board,), daemon=True).start()
+        feed = self._feed_mic if self.kind == "noise" else self._feed_meter
+        threading.Thread(target=feed, args=(board,), daemon=True).start()
 
     def _pump(self, board):
         # UART0 <-> the link's serial device, for as long as this board runs
@@ -398,6 +438,59 @@ class QemuNode:
                     self._stop.wait(max(1.0 / self.speed, 0.2))
         except (OSError, serial.SerialException):
             return
+
+    def _mic_second(self):
+        raw = self.mic.second()
+        if raw not in self._mic_cache:  # StreetNoise repeats its seconds: encode each once
+            if len(self._mic_cache) > 64:
+                self._mic_cache.clear()
+            self._mic_cache[raw] = mic_frames(raw)
+        return self._mic_cache[raw]
+
+    def _feed_mic(self, board):
+        # Frames at the real sample rate by the host's clock. What the line has no room for is
+        # dropped in whole frames, as an I2S DMA overrun drops buffers: a frame the pty took in
+        # part is finished first, so that the board hears whole frames only (a 1 kHz tone stays
+        # in phase across a drop). The pty holds about 24 kB: the board hears the host's audio
+        # up to ~3 s late, more if the board stops reading.
+        try:
+            fd = os.open(board.sensor_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return
+        size = MIC_FRAME + 2
+        per_s = self.rate // MIC_FRAME
+        sec, pos, due_sent, t0 = b"", per_s, 0, time.monotonic()
+        pending = b""  # the rest of a frame the pty took in part
+        try:
+            tty.setraw(fd, termios.TCSANOW)
+            while not self._stop.is_set() and board.proc is not None:
+                due = int((time.monotonic() - t0) * per_s)
+                new = bytearray()
+                while due_sent < due:
+                    if pos == per_s:
+                        sec, pos = self._mic_second(), 0
+                    take = min(per_s - pos, due - due_sent)
+                    new += sec[pos * size:(pos + take) * size]
+                    pos += take
+                    due_sent += take
+                if new or pending:
+                    try:
+                        w = os.write(fd, pending + new)
+                    except BlockingIOError:
+                        w = 0
+                    if w < len(pending):
+                        pending = pending[w:]
+                        self.mic_dropped += len(new)
+                    else:
+                        cut = w - len(pending)
+                        end = min(len(new), cut + (-cut) % size)
+                        pending = bytes(new[cut:end])
+                        self.mic_dropped += len(new) - end
+                self._stop.wait(0.02)
+        except OSError:
+            return  # QEMU ended
+        finally:
+            os.close(fd)
 
     def supervise(self):
         """Start the board again whenever it resets (watchdog, reboot command), like a board."""
