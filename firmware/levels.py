@@ -9,7 +9,10 @@ HI = const(1400)  # highest bin: 140.0 dB; readings outside are counted in the e
 
 class Histogram:
     def __init__(self):
-        self.counts = array("H", bytes(2 * (HI - LO + 1)))
+        # sized from the range's length, then zeroed: no temporary as large as the counts
+        self.counts = c = array("H", range(HI - LO + 1))
+        for i in range(len(c)):
+            c[i] = 0
         self.n = 0
 
     def add(self, level):

@@ -11,8 +11,12 @@ import sensors
 board = hw.Hardware()
 try:
     cfg = node.load_config()
-    runtime = node.Node(cfg, board)
-    asyncio.run(runtime.main(sensors.pipeline(cfg["sensor"])))
+    counted = node.count_boot()  # a crash from here on is a crashed boot
+    # the sensor's code first, while the heap still has large holes; a link-only node (after a
+    # crash loop) loads none
+    pipeline = sensors.pipeline(cfg["sensor"], load=not node.crash_looping(counted))
+    runtime = node.Node(cfg, board, counted=counted)
+    asyncio.run(runtime.main(pipeline))
 except KeyboardInterrupt:
     raise
 except Exception as exc:  # noqa: BLE001 (whatever failed, the board must come back)

@@ -107,8 +107,23 @@ class Clock:
         return self.synced or self.now_ms() >= PLAUSIBLE_MS
 
 
+def count_boot():
+    """Count this boot in flash, before anything that can crash it: (boot number, boots since
+    the last healthy run). The second is cleared once the pipeline runs healthily."""
+    boot = _read_int("boot") + 1
+    _write_int("boot", boot)
+    unhealthy = _read_int("unhealthy") + 1
+    _write_int("unhealthy", unhealthy)
+    return boot, unhealthy
+
+
+def crash_looping(counted):
+    """A boot after more than CRASH_BOOTS unhealthy ones runs link-only."""
+    return counted[1] > CRASH_BOOTS
+
+
 class Node:
-    def __init__(self, cfg, hw, ticks_ms=time.ticks_ms):
+    def __init__(self, cfg, hw, ticks_ms=time.ticks_ms, counted=None):
         self.cfg = cfg
         self.hw = hw
         self.node_id = cfg["node_id"]
@@ -116,12 +131,8 @@ class Node:
         self.base_name = cfg["base_name"]
         self.kind = cfg["sensor"]
         self.interval = int(cfg.get("interval", 60))
-        self.boot = _read_int("boot") + 1
-        _write_int("boot", self.boot)
-        # boots since the last healthy run; the flag is cleared once the pipeline runs healthily
-        self.unhealthy = _read_int("unhealthy") + 1
-        _write_int("unhealthy", self.unhealthy)
-        self.safe = self.unhealthy > CRASH_BOOTS
+        self.boot, self.unhealthy = counted or count_boot()
+        self.safe = crash_looping((self.boot, self.unhealthy))
         self.seq = Sequence("seq")
         self.store = Store("store.d", cfg.get("store_segments", 96))
         self.clock = Clock(hw.epoch_ms(), ticks_ms)

@@ -28,7 +28,7 @@ async def noise(node):
     meter = NoiseMeter(rate, cfg.get("mic_sensitivity", board.MIC_SENSITIVITY_DBFS),
                        cfg.get("calibration_db", 0.0), cfg.get("mic", board.MIC))
     reader = asyncio.StreamReader(node.hw.microphone(rate))
-    buf = bytearray(4096)
+    buf = bytearray(1024)  # 5 ms at 48 kHz; the I2S driver's DMA buffers (ibuf) hold the rest
     mv = memoryview(buf)
     start = node.interval_start()
     whole = False  # the first, partial interval after boot is not reported
@@ -101,11 +101,18 @@ async def traffic(node):
             node.emit(t, traffic_records(det.take(end_us)))
 
 
-def pipeline(kind):
-    if kind == "noise":
-        return noise
-    if kind == "energy":
-        return energy
-    if kind == "traffic":
-        return traffic
-    raise ValueError("node.json: unknown sensor " + kind)
+# the modules each pipeline imports, loaded by pipeline(kind, load=True)
+_MODULES = {"noise": ("aweight", "levels", "noise"), "energy": ("p1", "energy"),
+            "traffic": ("loops",)}
+
+
+def pipeline(kind, load=False):
+    """The pipeline of a sensor kind. load=True imports its modules now, before the node's tasks
+    start: a noise node's native code (4 KiB) and tables need holes that large, which a 64 KiB
+    heap has at boot and not once the link and the store have run a while."""
+    if kind not in _MODULES:
+        raise ValueError("node.json: unknown sensor " + kind)
+    if load:
+        for name in _MODULES[kind]:
+            __import__(name)
+    return {"noise": noise, "energy": energy, "traffic": traffic}[kind]
