@@ -68,15 +68,8 @@ class _Feeder(threading.Thread):
             except OSError:
                 return
             with conn:
-                next_t = time.monotonic()
                 try:
-                    while not self.stopped.is_set():
-                        for at, data in self.produce(next_t):
-                            delay = at - time.monotonic()
-                            if delay > 0:
-                                time.sleep(delay)
-                            conn.sendall(data)
-                        next_t += self.period
+                    pace(self.produce, self.period, conn.sendall, self.stopped.is_set)
                 except OSError:
                     continue  # the board rebooted: wait for it to attach again
 
@@ -101,13 +94,35 @@ def _meter_feeder(seed: int, speed: float = 1) -> _Feeder:
     return _Feeder(lambda t0: [(t0, meter.second())], max(1.0 / speed, 0.02))
 
 
-def _traffic_feeder(seed: int, spacing: float, loop_length: float, speed: float = 1) -> _Feeder:
-    lane = signals.Traffic(TRAFFIC_PINS, spacing, loop_length, seed)
-
+def traffic_edges(lane: signals.Traffic, speed: float = 1):
+    """The loop detectors' schedule for pace(): every 2 s of the board's clock a vehicle of `lane`
+    with probability 0.6, its edges as lines "<pin> <state>\\n" at the board's pace (its times
+    compressed by `speed`). Returns (produce, period). The unix-port emulator and the QEMU board
+    (tools/qemu.QemuNode) both take these lines."""
     def produce(t0):
         edges = lane.vehicle(t0 + 0.1) if lane.rng.random() < 0.6 else []
         return [(t0 + (t - t0) / speed, f"{pin} {state}\n".encode()) for t, pin, state in edges]
-    return _Feeder(produce, 2.0 / speed)
+    return produce, 2.0 / speed
+
+
+def pace(produce, period: float, send, stopped) -> None:
+    """Send what produce(t0) returns, [(host monotonic time, bytes)], each at its time, for t0
+    every `period` seconds from now, until stopped() is true. send's OSError ends it."""
+    next_t = time.monotonic()
+    while not stopped():
+        delay = next_t - time.monotonic()
+        if delay > 0:  # produce may return nothing: t0 never runs ahead of the host's clock
+            time.sleep(delay)
+        for at, data in produce(next_t):
+            delay = at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            send(data)
+        next_t += period
+
+
+def _traffic_feeder(seed: int, spacing: float, loop_length: float, speed: float = 1) -> _Feeder:
+    return _Feeder(*traffic_edges(signals.Traffic(TRAFFIC_PINS, spacing, loop_length, seed), speed))
 
 
 class EmulatedNode:

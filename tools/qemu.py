@@ -301,6 +301,10 @@ class QemuNode:
     from `mic`, an object whose second() returns a second of raw words (default
     tools/signals.StreetNoise, as the unix-port emulator's). The node runs at its config's `rate`,
     else MIC_RATE; what the line cannot carry in time is dropped, as an I2S DMA overrun drops it.
+    A traffic node has neither: UART1 carries its loop detectors' edges, a line "<pin> <state>\n"
+    each, which the board's Pin.irq hands to the pin's handler. They come from `traffic`, a
+    tools/signals.Traffic (default: the unix-port emulator's, from the config's loop geometry),
+    on the emulator's schedule at the board's pace (tools/emulate.traffic_edges).
     The board's clock starts `wrap_in` seconds before ticks_ms and ticks_us wrap at 2^30, so each
     run crosses the wrap early (Linux starts its jiffies shortly before their wrap for the same
     reason); None starts it at 0.
@@ -313,7 +317,7 @@ class QemuNode:
     """
 
     def __init__(self, config, port, interval=None, heap="128k", seed=0, log=None, wrap_in=20.0,
-                 speed=1, clock_offset=0.0, mic=None):
+                 speed=1, clock_offset=0.0, mic=None, traffic=None):
         from ..errors import FatalError
         if port.startswith("tcp://"):
             raise FatalError("--target qemu has no network: give a serial device for --port")
@@ -323,12 +327,13 @@ class QemuNode:
         except (OSError, ValueError) as exc:
             raise FatalError(f"cannot read node config {config}: {exc}") from exc
         self.kind = self.node.get("sensor")
-        if self.kind not in ("energy", "noise"):
-            raise FatalError(f"{config}: a {self.kind} node needs pin interrupts, which the "
-                             "QEMU board lacks: use --target unix")
+        if self.kind not in ("energy", "noise", "traffic"):
+            raise FatalError(f"{config}: unknown sensor {self.kind!r}")
         if self.kind == "noise":
             self.node["rate"] = self.rate = int(self.node.get("rate", MIC_RATE))
         self.mic = mic
+        self.traffic = traffic
+        self._edges = None  # (produce, period) of the loop detectors' edges, across reboots
         self.mic_dropped = 0  # bytes of the microphone line the board did not take in time
         self._mic_cache = {}
         if interval:
@@ -383,6 +388,12 @@ class QemuNode:
         if self.kind == "noise" and self.mic is None:
             self.mic = signals.StreetNoise(self.rate, self.node.get("mic_sensitivity", -26.0),
                                            self.seed)
+        if self.kind == "traffic":
+            from .emulate import TRAFFIC_PINS, traffic_edges
+            if self.traffic is None:
+                self.traffic = signals.Traffic(TRAFFIC_PINS, self.node.get("loop_spacing", 4.0),
+                                               self.node.get("loop_length", 2.0), self.seed)
+            self._edges = traffic_edges(self.traffic, self.speed)
         self._spawn()
 
     def board_time(self):
@@ -401,12 +412,13 @@ class QemuNode:
         self.board = QemuBoard(heap=self.heap, ticks_us=self.ticks_us, flash=self.image,
                                repl=False).__enter__()
         if self.log:
-            sensor = "microphone" if self.kind == "noise" else "meter"
+            sensor = {"noise": "microphone", "traffic": "loops"}.get(self.kind, "meter")
             print(f"qemu node: boot {self.boots}, link {self.board.port} <-> {self.port}, "
                   f"{sensor} on {self.board.sensor_port}", file=self.log, flush=True)
         board = self.board
         threading.Thread(target=self._pump, args=(board,), daemon=True).start()
-        feed = self._feed_mic if self.kind == "noise" else self._feed_meter
+        feed = {"noise": self._feed_mic, "traffic": self._feed_edges}.get(self.kind,
+                                                                           self._feed_meter)
         threading.Thread(target=feed, args=(board,), daemon=True).start()
 
     def _pump(self, board):
@@ -436,6 +448,17 @@ class QemuNode:
                     # at most 5 a second of the host's: parsing telegrams is most of what the
                     # emulated CPU does, and an accelerated board has little of it to spare
                     self._stop.wait(max(1.0 / self.speed, 0.2))
+        except (OSError, serial.SerialException):
+            return
+
+    def _feed_edges(self, board):
+        # the vehicles' edge lines, each at its time (tools/emulate.pace); a board that resets
+        # takes the schedule up where the last one left it
+        from .emulate import pace
+        try:
+            with serial.Serial(board.sensor_port) as line:
+                pace(*self._edges, line.write,
+                     lambda: self._stop.is_set() or board.proc is None)
         except (OSError, serial.SerialException):
             return
 

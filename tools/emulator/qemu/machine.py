@@ -4,8 +4,8 @@
 # UART 1 here, on the host's second pty; WDT is the board's CMSDK watchdog and reset() a
 # Cortex-M system reset, both of which QEMU carries out by restarting the board in place (the
 # flash, a host file behind the PSRAM, keeps its contents). I2S (a noise node's microphone, which
-# has no P1 port) also comes in on UART 1, in the compact format below. No Pin interrupts: traffic
-# nodes run on the unix-port emulator.
+# has no P1 port) also comes in on UART 1, in the compact format below. So do a traffic node's loop
+# detector edges (it has neither): Pin.irq below.
 import io
 import time
 from array import array
@@ -35,17 +35,22 @@ class UART:
 
 
 class Pin:
-    # A pin as a peripheral's constructor takes it (the microphone's I2S lines); the AN385 has no
-    # GPIO for the firmware to drive, and no pin interrupts.
+    # A pin as a peripheral's constructor takes it (the microphone's I2S lines), or a loop
+    # detector's input. The AN385 has no GPIO for the firmware to drive and no pin interrupts: the
+    # host sends each edge as a line "<pin> <state>\n" on UART 1, and a task sets the pin's value
+    # and calls its handler at once, as the interrupt would (docs/qemu.md).
     IN = 1
     OUT = 2
     PULL_UP = 1
     IRQ_RISING = 1
     IRQ_FALLING = 2
+    _irq = {}  # pin id -> the Pin whose irq() is set
+    _task = None
 
     def __init__(self, id, mode=-1, pull=-1, value=None):
         self.id = id
         self._value = value or 0
+        self._handler = None
 
     def value(self, v=None):
         if v is None:
@@ -53,7 +58,44 @@ class Pin:
         self._value = 1 if v else 0
 
     def irq(self, handler=None, trigger=3, hard=False):
-        raise OSError("no pin interrupts on the QEMU board")
+        self._handler = handler
+        Pin._irq[self.id] = self
+        if Pin._task is None:
+            import asyncio
+            Pin._task = asyncio.create_task(_edges(asyncio))
+
+
+async def _edges(asyncio):
+    # The edge lines, parsed digit by digit from one buffer: nothing allocated per edge. A line
+    # with anything but "<digits> <digits>" in it (joined mid-line, a garbled byte) is dropped.
+    reader = asyncio.StreamReader(umachine.UART(1, timeout=0))
+    buf = bytearray(32)
+    mv = memoryview(buf)
+    irq = Pin._irq
+    num = -1  # the field being read, -1 before its first digit
+    pin_id = -1  # the first field, once its space has come
+    bad = False
+    while True:
+        n = await reader.readinto(mv)
+        for i in range(n or 0):
+            c = buf[i]
+            if 48 <= c <= 57:
+                num = (num * 10 if num > 0 else 0) + c - 48
+            elif c == 32 and pin_id < 0 and num >= 0:
+                pin_id = num
+                num = -1
+            elif c == 10:
+                if pin_id >= 0 and num >= 0 and not bad:
+                    pin = irq.get(pin_id)
+                    if pin is not None:
+                        pin._value = 1 if num else 0
+                        if pin._handler:
+                            pin._handler(pin)
+                num = -1
+                pin_id = -1
+                bad = False
+            else:
+                bad = True
 
 
 # The microphone line (docs/qemu.md): the UART carries about 10 kB/s, a 16 kHz microphone's
