@@ -12,9 +12,9 @@ board = hw.Hardware()
 try:
     cfg = node.load_config()
     counted = node.count_boot()  # a crash from here on is a crashed boot
-    # the sensor's code first, while the heap still has large holes; a link-only node (after a
-    # crash loop) loads none
-    pipeline = sensors.pipeline(cfg["sensor"], load=not node.crash_looping(counted))
+    # the sensor's code and buffers first, while the heap still has large holes; a link-only
+    # node (after a crash loop) loads none
+    pipeline = sensors.pipeline(cfg["sensor"], None if node.crash_looping(counted) else cfg)
     runtime = node.Node(cfg, board, counted=counted)
     asyncio.run(runtime.main(pipeline))
 except KeyboardInterrupt:

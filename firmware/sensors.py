@@ -21,12 +21,18 @@ def traffic_records(records):
     return [(n, u, round(v, 3) if isinstance(v, float) else v) for n, u, v in records]
 
 
-async def noise(node):
+def _noise_meter(cfg):
     from noise import NoiseMeter
+    return NoiseMeter(cfg.get("rate", board.MIC_RATE),
+                      cfg.get("mic_sensitivity", board.MIC_SENSITIVITY_DBFS),
+                      cfg.get("calibration_db", 0.0), cfg.get("mic", board.MIC))
+
+
+async def noise(node, meter=None):
     cfg = node.cfg
     rate = cfg.get("rate", board.MIC_RATE)
-    meter = NoiseMeter(rate, cfg.get("mic_sensitivity", board.MIC_SENSITIVITY_DBFS),
-                       cfg.get("calibration_db", 0.0), cfg.get("mic", board.MIC))
+    if meter is None:
+        meter = _noise_meter(cfg)
     reader = asyncio.StreamReader(node.hw.microphone(rate))
     buf = bytearray(1024)  # 5 ms at 48 kHz; the I2S driver's DMA buffers (ibuf) hold the rest
     mv = memoryview(buf)
@@ -106,13 +112,17 @@ _MODULES = {"noise": ("aweight", "levels", "noise"), "energy": ("p1", "energy"),
             "traffic": ("loops",)}
 
 
-def pipeline(kind, load=False):
-    """The pipeline of a sensor kind. load=True imports its modules now, before the node's tasks
-    start: a noise node's native code (4 KiB) and tables need holes that large, which a 64 KiB
-    heap has at boot and not once the link and the store have run a while."""
+def pipeline(kind, cfg=None):
+    """The pipeline of a sensor kind: a coroutine function of the node. Given the node's config,
+    its modules are imported and a noise node's meter built now, before the node's tasks start:
+    the native code (4 KiB) and the LN histogram (3.2 KiB) each need a hole that large, which a
+    64 KiB heap has at boot and not once the link and the store have run a while."""
     if kind not in _MODULES:
         raise ValueError("node.json: unknown sensor " + kind)
-    if load:
+    if cfg is not None:
         for name in _MODULES[kind]:
             __import__(name)
+        if kind == "noise":
+            meter = _noise_meter(cfg)
+            return lambda node: noise(node, meter)
     return {"noise": noise, "energy": energy, "traffic": traffic}[kind]
