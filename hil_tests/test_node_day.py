@@ -69,7 +69,7 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
         time.sleep(max(0.0, t0 + hours * host - time.monotonic()))
         drain = time.monotonic()
         if target == "qemu":
-            ts, produced = _delivered_from_qemu(rig, hours, timeout=max(60.0, 0.2 * hours * host))
+            ts, produced = _delivered_from_qemu(rig, timeout=max(60.0, 0.2 * hours * host))
         else:
             produced = rig.produced()
             rig.wait_delivered(produced, timeout=max(60.0, 0.2 * hours * host))
@@ -100,7 +100,7 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
     }
 
 
-def _delivered_from_qemu(rig: Rig, hours: float, timeout: float) -> tuple[list[int], list]:
+def _delivered_from_qemu(rig: Rig, timeout: float) -> tuple[list[int], list]:
     """The data series' interval starts at the broker once the node has caught up: the series
     reaches the board's clock (less the intervals still closing) and the node's latest health
     record says its flash holds no backlog. Also the spool's sequence numbers of data frames,

@@ -11,10 +11,9 @@ import time
 import pytest
 
 from rig import SENSORCITY
-from sensorcity.gateway import senml
 from sensorcity.tools.qemu import QemuNode
 from sensorcity.tools.serialmock import VirtualCable
-from test_serial_link import _subscribe
+from test_serial_link import _subscribe, quantity_records
 
 pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto]
 WRAP_IN = 8.0
@@ -39,8 +38,7 @@ def test_energy_node_runs_across_the_ticks_wrap(mosquitto, tmp_path):
     threading.Thread(target=node.supervise, daemon=True).start()
 
     def records(quantity):
-        return sorted((r["t"], r["v"]) for b in list(batches) for r in senml.resolve(b)
-                      for r in [r.as_json()] if r["n"].endswith(":" + quantity))
+        return quantity_records(batches, quantity)
     try:
         deadline = time.monotonic() + 50
         while time.monotonic() < deadline:

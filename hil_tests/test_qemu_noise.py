@@ -18,12 +18,11 @@ import pytest
 import serial
 
 from rig import SENSORCITY
-from sensorcity.gateway import senml
 from sensorcity.tools import signals
 from sensorcity.tools.mpy import compile_dir
 from sensorcity.tools.qemu import BOARD_DIR, MIC_FRAME, MIC_RATE, QemuBoard, QemuNode, mic_frames
 from sensorcity.tools.serialmock import VirtualCable
-from test_serial_link import _subscribe
+from test_serial_link import _subscribe, quantity_records
 
 pytestmark = pytest.mark.qemu
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,8 +115,7 @@ def test_noise_node_reports_the_tone_level_through_a_gateway(mosquitto, tmp_path
     threading.Thread(target=node.supervise, daemon=True).start()
 
     def records(quantity):
-        return sorted((r["t"], r["v"]) for b in list(batches) for r in senml.resolve(b)
-                      for r in [r.as_json()] if r["n"].endswith(":" + quantity))
+        return quantity_records(batches, quantity)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(records("LAeq")) < 5:

@@ -11,7 +11,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from rig import SENSORCITY
+from sensorcity.gateway import senml
 from sensorcity.tools.serialmock import Faults
+
+
+def quantity_records(batches, quantity):
+    """(t, v) of one quantity's resolved SenML records in the batches _subscribe collected."""
+    return sorted((r["t"], r["v"]) for b in list(batches) for r in senml.resolve(b)
+                  for r in [r.as_json()] if r["n"].endswith(":" + quantity))
 
 
 def _subscribe(port, batches):
