@@ -24,8 +24,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from sensorcity.tools import loadsim
-from sensorcity.tools.mosquitto import Mosquitto
+from rigs import loadsim
+from rigs.mosquitto import Mosquitto
 
 K_NODES = 20
 FRAMES_PER_NODE = 250

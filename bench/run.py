@@ -22,10 +22,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "hil_tests"))  # the test rigs (rigs/): mosquitto, loadsim
 
-from sensorcity.gateway import frames  # noqa: E402
+from sensorcity.protocol import frames  # noqa: E402
 from sensorcity.paths import firmware_dir, micropython_bin  # noqa: E402
-from sensorcity.tools.emulate import EMULATOR_DIR  # noqa: E402
+from sensorcity.tools.sim.emulate import EMULATOR_DIR  # noqa: E402
 from sensorcity.tools.mpy import compile_dir  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))

@@ -20,7 +20,7 @@ import atheris
 
 with atheris.instrument_imports():
     import cbor2
-    from sensorcity.gateway import frames, senml
+    from sensorcity.protocol import frames, senml
     from sensorcity.gateway.registry import NodeEntry, Registry
     from sensorcity.gateway.verify import Verifier, spool_entry
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..errors import FatalError
-from . import frames
+from ..protocol import frames
 
 log = logging.getLogger("sensorcity.gateway.ingest")
 READ_CHUNK = 4096

@@ -11,7 +11,8 @@ import signal
 import time
 
 from ..errors import FatalError
-from . import frames, health, notify
+from ..protocol import frames
+from . import health, notify
 from .commands import Commands
 from .config import Config
 from .ingest import Ingest, Link

@@ -7,7 +7,7 @@ from collections import Counter
 
 import cbor2
 
-from . import frames, senml
+from ..protocol import frames, senml
 from .registry import Registry
 
 log = logging.getLogger("sensorcity.gateway.verify")

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from mprun import *  # noqa: F401,F403 (both tiers' conftest modules offer the same helpers)
-from rig import NODE_TARGETS, node_target
-from sensorcity.tools.mosquitto import Mosquitto
+from rigs.targets import NODE_TARGETS, node_target
+from rigs.mosquitto import Mosquitto
 
 
 @pytest.fixture

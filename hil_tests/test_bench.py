@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rig import SENSORCITY, free_port
+from rigs.targets import SENSORCITY, free_port
 from sensorcity.errors import FatalError
-from sensorcity.tools import flash, monitor, port as ports
-from sensorcity.tools.benchboard import BenchBoard, ToneSource
+from sensorcity.tools.bench import flash, monitor, port as ports
+from rigs.benchboard import BenchBoard, ToneSource
 from test_serial_link import _subscribe  # the same MQTT subscriber
 
 BIN = Path(sys.executable).parent

@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from node_rig import (LINE_REASONS, Rig, Tap, corrupted_frames, frame_counts, gaps,
+from rigs.node import (LINE_REASONS, Rig, Tap, corrupted_frames, frame_counts, gaps,
                       line_rejections, series, wait_until)
-from sensorcity.tools.emulate import EmulatedNode, _Feeder
+from sensorcity.tools.sim.emulate import EmulatedNode, _Feeder
 
 pytestmark = [pytest.mark.fault, pytest.mark.mosquitto, pytest.mark.unixport]
 

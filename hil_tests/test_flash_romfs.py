@@ -1,5 +1,5 @@
 """`sensorcity flash app --romfs` on the QEMU board over its UART0 pty, with the real mpremote:
-the node's modules go into the board's romfs partition (vfs.rom_ioctl, hil_tests/qemu/
+the node's modules go into the board's romfs partition (vfs.rom_ioctl, tools/sim/qemu_image/
 vfs_rom_ioctl.c), MicroPython mounts it at /rom at boot, the node boots from it and says hello, and
 its modules' bytecode stays off the heap: gc.mem_alloc() after importing an energy node's modules
 is measured after a plain `flash app` and after `--romfs` on the same board. A board without a
@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
-from rig import SENSORCITY
-from sensorcity.tools import flash
-from sensorcity.tools.benchboard import BenchBoard
+from rigs.targets import SENSORCITY
+from sensorcity.tools.bench import flash
+from rigs.benchboard import BenchBoard
 from sensorcity.tools.mpy import compile_dir
-from sensorcity.tools.qemu import BOARD_DIR, QemuBoard, write_flash
+from sensorcity.tools.sim.qemu import BOARD_DIR, QemuBoard, write_flash
 
 # what main.py loads on an energy node (sensors.energy imports energy and p1)
 IMPORT = ("import gc\ngc.collect()\nimport asyncio, hw, node, sensors, energy, p1\ngc.collect()\n"

@@ -11,12 +11,12 @@ from collections import defaultdict
 
 import pytest
 
-from rig import free_port
-from sensorcity.tools.emulate import EmulatedNode
-from sensorcity.tools.mosquitto import Mosquitto
-from sensorcity.tools.loadsim import (Stats, Subscriber, gateway_config, start_gateway,
+from rigs.targets import free_port
+from sensorcity.tools.sim.emulate import EmulatedNode
+from rigs.mosquitto import Mosquitto
+from rigs.loadsim import (Stats, Subscriber, gateway_config, start_gateway,
                                       stop_gateway, wait_port)
-from sensorcity.tools.provision import provision
+from sensorcity.tools.bench.provision import provision
 
 INTERVAL = 1
 # the quantities the data contract puts in every interval (docs/records.md): noise's levels,

@@ -1,5 +1,5 @@
 """The issue's second "done when", shortened for the suite: 200 protocol-level nodes
-(tools/loadsim.py: the link codec in CPython, one TCP link each, a frame a second, resent until
+(hil_tests/rigs/loadsim.py: the link codec in CPython, one TCP link each, a frame a second, resent until
 acked) on one gateway subprocess into a real mosquitto, for 60 s. Nothing acked may be lost, the
 gateway's RSS stays at most 80 MB, and the latency from a frame's interval close to its arrival
 at a persistent-session subscriber has p99 at most 2 s with the 1 s batch age. The full
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from sensorcity.tools.loadsim import run_load
+from rigs.loadsim import run_load
 
 
 @pytest.mark.mosquitto

@@ -11,8 +11,8 @@ import cbor2
 import pytest
 
 from gateway_pki import make_pki
-from gateway_rig import Gateway, Mosquitto, Subscriber, registry, wait_until, write_config
-from rig import SENSORCITY
+from rigs.gateway import Gateway, Mosquitto, Subscriber, registry, wait_until, write_config
+from rigs.targets import SENSORCITY
 from sensorcity.gateway.spool import Spool
 
 pytestmark = pytest.mark.mosquitto
@@ -271,7 +271,7 @@ def test_metrics_and_health(tmp_path):
 
 
 def test_time_goes_to_nodes_on_hello_and_periodically(tmp_path):
-    from sensorcity.gateway import frames
+    from sensorcity.protocol import frames
     broker = Mosquitto(tmp_path / "broker")
     gw = Gateway(tmp_path, [broker.url], time_every=1.0)
     node = gw.node()

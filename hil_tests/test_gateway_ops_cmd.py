@@ -9,9 +9,9 @@ import time
 import cbor2
 import pytest
 
-from gateway_rig import Gateway, Mosquitto, Subscriber, wait_until
-from rig import SENSORCITY
-from sensorcity.gateway import senml
+from rigs.gateway import Gateway, Mosquitto, Subscriber, wait_until
+from rigs.targets import SENSORCITY
+from sensorcity.protocol import senml
 
 pytestmark = pytest.mark.mosquitto
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_rig import wait_until  # noqa: E402
-from node_rig import Rig, gaps, series  # noqa: E402
+from rigs.gateway import wait_until  # noqa: E402
+from rigs.node import Rig, gaps, series  # noqa: E402
 
 INTERVAL = 60
 DATA = {"energy": "p1_crc_errors", "noise": "LAeq", "traffic": "lane1/count"}
@@ -46,7 +46,7 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
     h0 = time.time()
     board = {}
     if target == "qemu":
-        from sensorcity.tools.qemu import QemuNode
+        from sensorcity.tools.sim.qemu import QemuNode
         board = {"emulated": QemuNode}
         speed = int(speed)
     rig = Rig(work, broker_port, kind=kind, interval=INTERVAL, speed=speed, heap=heap, **board,
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", choices=["unix", "qemu"], default="unix")
     p.add_argument("--work", help="keep the run's files (node log, spool) in this new folder")
     a = p.parse_args(argv)
-    from sensorcity.tools.mosquitto import Mosquitto
+    from rigs.mosquitto import Mosquitto
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp) / "mq")
         try:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from rig import SENSORCITY
-from sensorcity.tools.qemu import QemuNode
-from sensorcity.tools.serialmock import VirtualCable
+from rigs.targets import SENSORCITY
+from sensorcity.tools.sim.qemu import QemuNode
+from rigs.serialmock import VirtualCable
 from test_serial_link import _subscribe, quantity_records
 
 pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto]

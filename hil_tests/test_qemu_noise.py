@@ -1,6 +1,6 @@
 """A noise node, unmodified, on the QEMU board: its microphone's raw I2S words come from the host
 over UART1 in the line's compact format (tools/qemu.mic_frames), the board's machine.I2S widens
-them back (tools/emulator/qemu/machine.py). References: the host's own widening of the same
+them back (tools/sim/board/qemu/machine.py). References: the host's own widening of the same
 frames, byte for byte, and the analytic level of the tone the host fed (docs/noise.md), not the
 firmware's output."""
 
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import serial
 
-from rig import SENSORCITY
-from sensorcity.tools import signals
+from rigs.targets import SENSORCITY
+from sensorcity.tools.sim import signals
 from sensorcity.tools.mpy import compile_dir
-from sensorcity.tools.qemu import BOARD_DIR, MIC_FRAME, MIC_RATE, QemuBoard, QemuNode, mic_frames
-from sensorcity.tools.serialmock import VirtualCable
+from sensorcity.tools.sim.qemu import BOARD_DIR, MIC_FRAME, MIC_RATE, QemuBoard, QemuNode, mic_frames
+from rigs.serialmock import VirtualCable
 from test_serial_link import _subscribe, quantity_records
 
 pytestmark = pytest.mark.qemu

@@ -14,7 +14,7 @@ import zlib
 import pytest
 import serial
 
-from sensorcity.tools.qemu import TICKS_PERIOD, QemuBoard
+from sensorcity.tools.sim.qemu import TICKS_PERIOD, QemuBoard
 
 pytestmark = pytest.mark.qemu
 

@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from rig import SENSORCITY
-from sensorcity.tools.signals import Meter
+from rigs.targets import SENSORCITY
+from sensorcity.tools.sim.signals import Meter
 from test_p1 import DATA, oracle, spec_for
 from test_replay import a_weight_db, by_time, tone, vehicle, write_wav
 

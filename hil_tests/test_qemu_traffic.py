@@ -1,6 +1,6 @@
 """A traffic node, unmodified, on the QEMU board: its loop detectors' edges come from the host as
 lines "<pin> <state>" on UART1, the board's machine.Pin.irq hands each to the pin's handler
-(tools/emulator/qemu/machine.py). Reference: the vehicles the host sent, counted per interval from
+(tools/sim/board/qemu/machine.py). Reference: the vehicles the host sent, counted per interval from
 the feeder's own schedule (each vehicle belongs to the interval its front reached loop A in,
 docs/traffic.md), not the firmware's output."""
 
@@ -13,12 +13,12 @@ from contextlib import ExitStack
 
 import pytest
 
-from rig import SENSORCITY
-from sensorcity.gateway import senml
-from sensorcity.tools import signals
-from sensorcity.tools.emulate import TRAFFIC_PINS
-from sensorcity.tools.qemu import QemuNode
-from sensorcity.tools.serialmock import VirtualCable
+from rigs.targets import SENSORCITY
+from sensorcity.protocol import senml
+from sensorcity.tools.sim import signals
+from sensorcity.tools.sim.emulate import TRAFFIC_PINS
+from sensorcity.tools.sim.qemu import QemuNode
+from rigs.serialmock import VirtualCable
 from test_serial_link import _subscribe
 
 pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto]

@@ -11,7 +11,7 @@ import wave
 import numpy as np
 import pytest
 
-from rig import SENSORCITY
+from rigs.targets import SENSORCITY
 from test_p1 import DATA, oracle, spec_for, split, with_crc
 
 

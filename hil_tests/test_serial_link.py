@@ -1,6 +1,6 @@
 """A node on a serial line: the node's console UART on one end of a pty cable, the gateway's
 pyserial reader on the other, readings through to a real mosquitto. The node is each of the rig's
-targets (hil_tests/rig.py): the unix-port emulator, the QEMU board, a real board with --port."""
+targets (hil_tests/rigs/targets.py): the unix-port emulator, the QEMU board, a real board with --port."""
 
 import subprocess
 import threading
@@ -10,9 +10,9 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from rig import SENSORCITY
-from sensorcity.gateway import senml
-from sensorcity.tools.serialmock import Faults
+from rigs.targets import SENSORCITY
+from sensorcity.protocol import senml
+from rigs.serialmock import Faults
 
 
 def quantity_records(batches, quantity):
@@ -36,7 +36,7 @@ def _subscribe(port, batches):
 @pytest.mark.mosquitto
 @pytest.mark.parametrize("noisy", [False, True], ids=["clean", "bit-errors-1e-4"])
 def test_energy_node_over_serial(mosquitto, tmp_path, noisy, node):
-    # `node` is each of the rig's node targets (hil_tests/rig.py): unix port, QEMU, a real board
+    # `node` is each of the rig's node targets (hil_tests/rigs/targets.py): unix port, QEMU, a real board
     if noisy and not node.injects_faults:
         pytest.skip("line faults need the emulated cable")
     faults = Faults(bit_error=1e-4, seed=3) if noisy else None

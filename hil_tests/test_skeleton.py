@@ -9,7 +9,7 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from rig import SENSORCITY
+from rigs.targets import SENSORCITY
 
 # RFC 8428 section 6 labels
 BN, BT, BU, BV, N, U, V, VS, VB, S, T, VD = -2, -3, -4, -5, 0, 1, 2, 3, 4, 5, 6, 8

@@ -50,7 +50,7 @@ def _gateway_check(a):
 
 
 def _provision(a):
-    from .tools.provision import parse_location, provision
+    from .tools.bench.provision import parse_location, provision
     cfg = provision(a.node_id, a.sensor, Path(a.registry), Path(a.out), interval=a.interval,
                     base_name=a.base_name, mac=a.mac, calibration_db=a.calibration,
                     board=a.board,
@@ -60,11 +60,11 @@ def _provision(a):
 
 
 def _emulate(a):
-    from .tools.emulate import EmulatedNode
+    from .tools.sim.emulate import EmulatedNode
     if a.speed <= 0:
         raise FatalError(f"--speed {a.speed}: give a factor above 0")
     if a.target == "qemu":
-        from .tools.qemu import QemuNode
+        from .tools.sim.qemu import QemuNode
         node = QemuNode(Path(a.config), a.port, interval=a.interval, heap=a.heap or "64k",
                         log=sys.stderr, speed=1 if a.realtime else a.speed)
     else:
@@ -83,7 +83,7 @@ def _emulate(a):
 
 
 def _decode(a):
-    from .tools.decode import decode_stream, dumps
+    from .tools.bench.decode import decode_stream, dumps
     data = sys.stdin.buffer.read() if a.file in (None, "-") else Path(a.file).read_bytes()
     key_for = lambda node: None  # noqa: E731
     if a.nodes:
@@ -95,7 +95,7 @@ def _decode(a):
 
 def _replay(a):
     import json as _json
-    from .tools.replay import replay
+    from .tools.sim.replay import replay
     source = getattr(a, {"noise": "wav", "energy": "p1", "traffic": "edges"}[a.kind])
     for rec in replay(a.kind, Path(source), interval=a.interval, board=a.board, heap=a.heap,
                       target=a.target, mic=getattr(a, "mic", None),
@@ -111,12 +111,12 @@ def _replay(a):
 
 
 def _demo(a):
-    from .tools.demo import run_demo
+    from .tools.sim.demo import run_demo
     asyncio.run(run_demo(a.nodes, a.seconds, a.broker, a.interval))
 
 
 def _flash(a):
-    from .tools import flash
+    from .tools.bench import flash
     progress = flash.Progress(quiet=a.quiet)
     step = a.flash_step
     if step in (None, "firmware"):
@@ -155,13 +155,13 @@ def _node_board(config):
 
 
 def _monitor(a):
-    from .tools.monitor import keys_from, monitor
+    from .tools.bench.monitor import keys_from, monitor
     counts = monitor(a.port, keys_from(a.config, a.registry), ack=a.ack, seconds=a.seconds)
     print(" ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
 
 
 def _calibrate(a):
-    from .tools.calibrate import calibrate
+    from .tools.bench.calibrate import calibrate
     r = calibrate(a.port, Path(a.config), a.reference, seconds=a.seconds, count=a.count)
     print(f"measured {r['measured']:.2f} dB for {r['reference']:.1f} dB: offset "
           f"{r['old']:+.2f} -> {r['new']:+.2f} dB, written to the node and {a.config}")

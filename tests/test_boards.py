@@ -11,7 +11,7 @@ from esptool.targets import CHIP_DEFS
 
 from mprun import ROOT, run_micropython
 from sensorcity.errors import FatalError
-from sensorcity.tools import boards
+from sensorcity.tools.bench import boards
 
 BOARDS = ROOT / "boards"
 
@@ -110,7 +110,7 @@ def test_generated_constants_under_micropython(tmp_path):
 
 
 def test_provision_checks_the_board_and_keeps_location(tmp_path):
-    from sensorcity.tools.provision import parse_location, provision
+    from sensorcity.tools.bench.provision import parse_location, provision
     reg, out = tmp_path / "reg.json", tmp_path / "n.json"
     with pytest.raises(FatalError, match="board olimex-esp32-poe has no noise input"):
         provision("n1", "noise", reg, out, board="olimex-esp32-poe")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sensorcity.gateway import frames
+from sensorcity.protocol import frames
 
 SENSORCITY = str(Path(sys.executable).parent / "sensorcity")
 

@@ -9,7 +9,7 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensorcity.gateway import frames, senml
+from sensorcity.protocol import frames, senml
 from sensorcity.gateway.registry import NodeEntry, Registry
 from sensorcity.gateway.verify import Verifier, spool_entry
 

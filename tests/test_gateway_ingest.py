@@ -6,9 +6,9 @@ import asyncio
 import os
 import socket
 
-from sensorcity.gateway import frames
+from sensorcity.protocol import frames
 from sensorcity.gateway.ingest import Ingest
-from sensorcity.tools.serialmock import VirtualCable
+from rigs.serialmock import VirtualCable
 
 KEY = bytes(range(32))
 

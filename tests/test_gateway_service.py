@@ -8,7 +8,8 @@ import threading
 
 import pytest
 
-from sensorcity.gateway import frames, uplink
+from sensorcity.protocol import frames
+from sensorcity.gateway import uplink
 from sensorcity.gateway.config import Config
 from sensorcity.gateway.service import Gateway
 

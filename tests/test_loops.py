@@ -407,7 +407,7 @@ def test_unit_tests_on_the_32_bit_qemu_port():
     import re
     import subprocess
     from conftest import ROOT
-    build = subprocess.run(["sh", str(ROOT / "hil_tests" / "qemu" / "build.sh")],
+    build = subprocess.run(["sh", str(ROOT / "tools" / "sim" / "qemu_image" / "build.sh")],
                            capture_output=True, text=True, check=True)
     out = qemu(build.stdout.strip().splitlines()[-1])
     tests = re.findall(r"^def test_", (ROOT / "tests" / "mp" / "test_loops.py").read_text(), re.M)

@@ -9,7 +9,7 @@ import cbor2
 import pycddl
 import pytest
 
-from sensorcity.gateway import frames
+from sensorcity.protocol import frames
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "protocol" / "vectors" / "link-v1.json").read_text())
@@ -75,7 +75,7 @@ def test_deframer_resyncs_after_garbage_and_bounds_memory():
 
 
 def test_decimal_fraction_resolves_exactly():
-    from sensorcity.gateway import senml
+    from sensorcity.protocol import senml
     vec = next(v for v in VECTORS["good"] if v["name"] == "data-energy")
     f = frames.decode(bytes.fromhex(vec["wire"])[:-1], KEYS.get)
     rec = senml.resolve(f.body)[0]

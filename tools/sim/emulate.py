@@ -1,6 +1,6 @@
 """The emulated board: the real firmware files in the MicroPython unix port, with a flash image
 (littlefs), a heap limited as on an ESP32, its link on a serial device or TCP, and its sensors fed
-from the host through the `machine` interface (tools/emulator/machine.py)."""
+from the host through the `machine` interface (tools/sim/board/machine.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import time
 import tty
 from pathlib import Path
 
-from ..errors import FatalError
-from ..paths import firmware_dir, micropython_bin
+from ...errors import FatalError
+from ...paths import firmware_dir, micropython_bin
 from . import signals
-from .mpy import compile_dir
+from ..mpy import compile_dir
 
-EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
+EMULATOR_DIR = Path(__file__).resolve().parent / "board"  # the board-side files
 FLASH_BLOCKS = 512  # 2 MiB of littlefs, the size of an ESP32-DevKitC's filesystem partition
 TRAFFIC_PINS = (32, 35)
 

@@ -13,9 +13,9 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import FatalError
-from ..gateway import frames, senml
-from ..gateway.registry import Registry
+from ...errors import FatalError
+from ...protocol import frames, senml
+from ...gateway.registry import Registry
 from . import port as ports
 
 BARS = "▁▂▃▄▅▆▇█"

@@ -8,8 +8,8 @@ import re
 import secrets
 from pathlib import Path
 
-from ..errors import FatalError
-from ..gateway.registry import NodeEntry, Registry
+from ...errors import FatalError
+from ...gateway.registry import NodeEntry, Registry
 from . import boards
 
 SENSORS = ("noise", "energy", "traffic")

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .broker import free_port
+from sensorcity.tools.sim.broker import free_port
 
 
 class Mosquitto:

@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import FatalError
-from ..paths import boards_dir
+from ...errors import FatalError
+from ...paths import boards_dir
 
 SCHEMA = "schema.json"
 _SIZES = {"2MB": 2 << 20, "4MB": 4 << 20, "8MB": 8 << 20, "16MB": 16 << 20, "32MB": 32 << 20}
@@ -180,7 +180,7 @@ def generate(board: dict) -> str:
 def main(argv=None) -> int:
     """Check every board file; with --write ID, regenerate firmware/board.py from that board."""
     import argparse
-    from ..paths import firmware_dir
+    from ...paths import firmware_dir
     p = argparse.ArgumentParser(prog="python -m sensorcity.tools.boards", description=main.__doc__)
     p.add_argument("--write", metavar="ID")
     a = p.parse_args(argv)

@@ -7,8 +7,8 @@ A persistent-session MQTT 5 subscriber (QoS 1) takes every batch off the broker;
 what was sent, acked, received, lost and duplicated, the latency from a frame's interval close
 to its arrival at the subscriber, and the gateway's peak RSS.
 
-    python -m sensorcity.tools.loadsim run --nodes 200 --seconds 600 --broker mqtt://127.0.0.1:1883
-    python -m sensorcity.tools.loadsim spool --rows 1000000 --dir /tmp/spool-1m
+    python -m rigs.loadsim run --nodes 200 --seconds 600 --broker mqtt://127.0.0.1:1883
+    python -m rigs.loadsim spool --rows 1000000 --dir /tmp/spool-1m
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import cbor2
 
-from ..gateway import config as gwconfig
-from ..gateway import frames, senml
-from ..gateway.registry import NodeEntry, Registry
-from .broker import free_port
-from .emulate import stop_process
+from sensorcity.gateway import config as gwconfig
+from sensorcity.protocol import frames, senml
+from sensorcity.gateway.registry import NodeEntry, Registry
+from sensorcity.tools.sim.broker import free_port
+from sensorcity.tools.sim.emulate import stop_process
 
 NOISE = ("LAeq", "LAFmax", "LAFmin", "LA10", "LA50", "LA90")
 ACK_TIMEOUT, MAX_BACKOFF = 2.0, 30.0
@@ -356,8 +356,8 @@ def _packs(rng: random.Random) -> dict[str, list[senml.Record]]:
 def spool_bytes_per_frame(kind: str, frames_n: int = 50_000, nodes: int = 200) -> float:
     """Disk bytes per frame in a spool of one kind's frames (outbox row, its t index, its `seen`
     row), from SQLite's own page count."""
-    from ..gateway.spool import Spool
-    from ..gateway.verify import encode_records
+    from sensorcity.gateway.spool import Spool
+    from sensorcity.gateway.verify import encode_records
     rng = random.Random(1)
     with tempfile.TemporaryDirectory() as d:
         sp = Spool(d)
@@ -392,8 +392,8 @@ print(json.dumps({"depth": depth, "open_s": round(t2 - t1, 4), "import_s": round
 def spool_at_size(rows: int, directory: Path) -> dict:
     """Fill a spool to `rows` frames (200 nodes, noise and health), then open it cold in a fresh
     process (after a kill: the WAL is left as it was) and measure open time and peak RSS."""
-    from ..gateway.spool import Spool
-    from ..gateway.verify import encode_records
+    from sensorcity.gateway.spool import Spool
+    from sensorcity.gateway.verify import encode_records
     directory.mkdir(parents=True, exist_ok=True)
     sp = Spool(directory)
     have = sp.depth()

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import cbor2
 
-from gateway_rig import wait_until  # noqa: F401 (the tests use it from here too)
-from sensorcity.gateway import frames, senml
+from .gateway import wait_until  # noqa: F401 (the tests use it from here too)
+from sensorcity.protocol import frames, senml
 from sensorcity.gateway.config import Config
 from sensorcity.gateway.service import Gateway
-from sensorcity.tools.emulate import EmulatedNode
-from sensorcity.tools.loadsim import Stats, Subscriber
-from sensorcity.tools.provision import provision
-from sensorcity.tools.serialmock import Faults, VirtualCable
+from sensorcity.tools.sim.emulate import EmulatedNode
+from .loadsim import Stats, Subscriber
+from sensorcity.tools.bench.provision import provision
+from .serialmock import Faults, VirtualCable
 
 HEALTH = ("uptime", "heap_free", "heap_peak", "link_resends", "rx_rejects", "store_depth",
           "store_dropped", "boot_count", "clock_steps", "safe_mode")

@@ -1,7 +1,7 @@
 """A board on the bench, emulated: MicroPython (the unix port) with a littlefs flash image and its
 USB serial console on a pty, which carries the REPL on a blank board and the node's link once the
 application runs. At power-on it runs boot.py and main.py from its flash when they are there,
-else it sits at the REPL (tools/emulator/poweron.py), as a freshly flashed ESP32 does; a reset
+else it sits at the REPL (tools/sim/board/poweron.py), as a freshly flashed ESP32 does; a reset
 (machine.reset(), a watchdog, a crash) powers it on again. mpremote talks to it with `resume`:
 the unix port's soft reset would end the process."""
 
@@ -16,13 +16,13 @@ import time
 import tty
 from pathlib import Path
 
-from ..paths import micropython_bin
-from .emulate import EMULATOR_DIR, FLASH_BLOCKS, stop_process
-from .mpy import compile_dir
+from sensorcity.paths import micropython_bin
+from sensorcity.tools.sim.emulate import EMULATOR_DIR, FLASH_BLOCKS, stop_process
+from sensorcity.tools.mpy import compile_dir
 from .serialmock import VirtualCable
-from .signals import tone_block
+from sensorcity.tools.sim.signals import tone_block
 
-APP_EXIT = 5  # tools/emulator/poweron.py's probe: the flash holds an application
+APP_EXIT = 5  # tools/sim/board/poweron.py's probe: the flash holds an application
 
 
 class ToneSource:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FatalError
+from ...errors import FatalError
 
 PCM, FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
 

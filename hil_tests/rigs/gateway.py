@@ -17,9 +17,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from rig import SENSORCITY, free_port
-from sensorcity.tools.mosquitto import Mosquitto  # noqa: F401 (the tests take it from here)
-from sensorcity.gateway import frames
+from .targets import SENSORCITY, free_port
+from .mosquitto import Mosquitto  # noqa: F401 (the tests take it from here)
+from sensorcity.protocol import frames
 from sensorcity.gateway.registry import NodeEntry, Registry
 
 

@@ -1,4 +1,4 @@
-# The bench board's power-on (tools/benchboard.py): mount the flash image as startup.py does,
+# The bench board's power-on (hil_tests/rigs/benchboard.py): mount the flash image as startup.py does,
 # then run boot.py and main.py if the flash holds them, as MicroPython does on an ESP32; a blank
 # board stays at the REPL (the host runs the unix port with -i then). The host wires the console
 # as the REPL needs it (blocking reads) or as the application's asyncio stream needs it

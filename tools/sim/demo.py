@@ -15,12 +15,12 @@ from pathlib import Path
 import aiomqtt
 import cbor2
 
-from ..gateway import senml
-from ..gateway.config import Config
-from ..gateway.service import Gateway
+from ...protocol import senml
+from ...gateway.config import Config
+from ...gateway.service import Gateway
 from .broker import free_port, start_embedded
 from .emulate import EmulatedNode
-from .provision import SENSORS, provision
+from ..bench.provision import SENSORS, provision
 
 SHOW = {"LAeq", "power_import", "energy_import_t1", "lane1/count", "lane1/speed_mean"}
 

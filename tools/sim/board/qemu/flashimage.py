@@ -1,6 +1,6 @@
 # Writes files into the QEMU board's flash image before it boots; run by the host's MicroPython
 # unix port, whose littlefs is the board's (vfs.VfsLfs2 with the same block size and count as
-# hil_tests/qemu/_boot.py). Existing files are replaced, others kept, as mpremote cp does.
+# tools/sim/qemu_image/_boot.py). Existing files are replaced, others kept, as mpremote cp does.
 # argv: image block-count then pairs of board-path host-path; a host-path of "-" removes the
 # board's file if it is there.
 import os

@@ -13,10 +13,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import FatalError
-from ..paths import firmware_dir
+from ...errors import FatalError
+from ...paths import firmware_dir
 from . import boards, port as ports
-from .mpy import compile_dir
+from ..mpy import compile_dir
 
 # sys.implementation._mpy >> 10: MicroPython's native architecture numbers, as mpy-cross names them
 ARCHS = ("", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp",

@@ -16,12 +16,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import FatalError
-from ..gateway import frames, senml
-from ..paths import firmware_dir, micropython_bin
+from ...errors import FatalError
+from ...protocol import frames, senml
+from ...paths import firmware_dir, micropython_bin
 from .emulate import EMULATOR_DIR, parse_heap
-from . import boards, wav
-from .mpy import compile_dir
+from ..bench import boards
+from . import wav
+from ..mpy import compile_dir
 
 NODE_ID = "replay"
 BASE_NAME = "urn:dev:org:32473-sensorcity-replay:"

@@ -7,7 +7,7 @@ import math
 
 import cbor2
 
-from ..gateway import frames, senml
+from ...protocol import frames, senml
 
 
 def _jsonable(v):

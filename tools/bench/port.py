@@ -6,7 +6,7 @@ import errno
 import fcntl
 import os
 
-from ..errors import FatalError
+from ...errors import FatalError
 
 URL_SCHEMES = ("socket://", "rfc2217://", "loop://")
 

@@ -3,7 +3,7 @@
 # frames, as the node would send them. The input's first sample, byte or edge is t = 0.
 # Unix port: `micropython replay.py kind input interval key-hex node-id base-name options-json`
 # reads the input file and writes the frames to stdout, the counters to stderr. On QEMU the host
-# calls run() with the input as a stream (tools/emulator/qemu/) and a frame writer.
+# calls run() with the input as a stream (tools/sim/board/qemu/) and a frame writer.
 import gc
 import json
 import sys

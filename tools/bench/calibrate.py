@@ -17,8 +17,8 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import FatalError
-from ..gateway import frames, senml
+from ...errors import FatalError
+from ...protocol import frames, senml
 from .monitor import Link
 
 SETTLE = 1  # intervals dropped after the interval command

@@ -38,7 +38,7 @@ class EmulatedNodeTarget:
     def start(self, config, faults=None, heap="128k"):
         import subprocess
 
-        from sensorcity.tools.serialmock import VirtualCable
+        from .serialmock import VirtualCable
         self.cable = VirtualCable(faults, faults)
         self.proc = subprocess.Popen(
             [SENSORCITY, "emulate", "--config", str(config), "--port", self.cable.a,

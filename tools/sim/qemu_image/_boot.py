@@ -2,7 +2,7 @@
 # (0x21000000, outside the GC heap), 2 MiB as an ESP32-DevKitC's filesystem partition. QEMU
 # gives the PSRAM a host file when asked (-object memory-backend-file,share=on with -machine
 # memory-backend=...), which makes it the board's flash chip: it survives machine.reset() (QEMU
-# exits and is started again) and can be written on the host before boot (tools/qemu.py). Without
+# exits and is started again) and can be written on the host before boot (tools/sim/qemu.py). Without
 # that it is plain RAM: it survives a soft reset (Ctrl-D) but not a restart of QEMU.
 # The 1 MiB after it is the board's romfs partition (vfs_rom_ioctl.c), as an ESP32 build with a
 # "romfs" partition has one: a ROMFS image there (tools/qemu.write_rom, `mpremote romfs deploy`,

@@ -6,7 +6,7 @@
         board.start("import main")               # leave the script running: board.serial is its link
         board.sensor_port                        # pty of UART1: machine.UART(1) on the board
 
-The firmware is built by hil_tests/qemu/build.sh (see docs/qemu.md).
+The firmware is built by tools/sim/qemu_image/build.sh (see docs/qemu.md).
 """
 
 import binascii
@@ -24,18 +24,18 @@ from pathlib import Path
 
 import serial
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = ROOT / "hil_tests" / "qemu" / "build.sh"
-BOARD_DIR = ROOT / "tools" / "emulator" / "qemu"  # board-side helpers, flashimage.py
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "qemu_image" / "build.sh"
+BOARD_DIR = HERE / "board" / "qemu"  # board-side helpers, flashimage.py
 TICKS_PERIOD = 1 << 30  # MicroPython's ticks wrap here on 32-bit boards
 PSRAM_SIZE = 16 << 20  # the AN385's PSRAM, the flash file's size; littlefs uses its first 2 MiB
-FLASH_BLOCKS = 512  # of 4096 bytes, as hil_tests/qemu/_boot.py mounts them
-ROM_OFFSET = 2 << 20  # a ROMFS here in the flash is mounted at /rom by hil_tests/qemu/_boot.py
+FLASH_BLOCKS = 512  # of 4096 bytes, as tools/sim/qemu_image/_boot.py mounts them
+ROM_OFFSET = 2 << 20  # a ROMFS here in the flash is mounted at /rom by tools/sim/qemu_image/_boot.py
 ROM_SIZE = 1 << 20
 EPOCH_2000 = 946684800  # the board counts time.time() from 2000, as an ESP32 does
 # A noise node's microphone comes in on UART1, which carries about 10 kB/s: at 16 kHz (the rate a
 # QEMU node runs at unless its config sets one), in frames of block floating point that the
-# board's machine.I2S widens into the raw 32-bit words (tools/emulator/qemu/machine.py)
+# board's machine.I2S widens into the raw 32-bit words (tools/sim/board/qemu/machine.py)
 MIC_RATE = 16000
 MIC_FRAME = 32  # samples per frame, after a sync byte 0x80 and the frame's shift
 
@@ -62,7 +62,7 @@ def write_flash(image, files):
     """Put files ({board path: local Path}) into a flash image file for QemuBoard(flash=...),
     creating it if needed, and return its path; other files on it stay. Runs the host's MicroPython unix port, whose
     littlefs writes what the board's reads."""
-    from ..paths import micropython_bin
+    from ...paths import micropython_bin
     image = Path(image)
     if not image.exists() or image.stat().st_size != PSRAM_SIZE:
         with open(image, "wb") as f:
@@ -311,14 +311,14 @@ class QemuNode:
 
     The firmware's modules are in the flash's ROMFS (write_rom), as a production board has them
     frozen or in its romfs partition: their bytecode is not on the heap. boot.py, main.py and
-    node.json are files on its littlefs. The emulator's clock (tools/emulator/time.py, select.py)
+    node.json are files on its littlefs. The emulator's clock (tools/sim/board/time.py, select.py)
     goes with them: `speed` runs the board's clock that many times faster than the host's (an
     integer), and its RTC is set at each boot to the host's clock (+ clock_offset), scaled alike.
     """
 
     def __init__(self, config, port, interval=None, heap="128k", seed=0, log=None, wrap_in=20.0,
                  speed=1, clock_offset=0.0, mic=None, traffic=None):
-        from ..errors import FatalError
+        from ...errors import FatalError
         if port.startswith("tcp://"):
             raise FatalError("--target qemu has no network: give a serial device for --port")
         self.config = Path(config).resolve()
@@ -357,9 +357,9 @@ class QemuNode:
         self._stop = threading.Event()
 
     def start(self):
-        from ..errors import FatalError
-        from ..paths import firmware_dir
-        from .mpy import compile_dir
+        from ...errors import FatalError
+        from ...paths import firmware_dir
+        from ..mpy import compile_dir
         from . import signals
         from .emulate import EMULATOR_DIR
         fw = compile_dir(firmware_dir(), march="armv7m")
