@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import FatalError
+from .kinds import KINDS
 
 
 def _gateway_config(a):
@@ -96,7 +97,7 @@ def _decode(a):
 def _replay(a):
     import json as _json
     from .tools.sim.replay import replay
-    source = getattr(a, {"noise": "wav", "energy": "p1", "traffic": "edges"}[a.kind])
+    source = getattr(a, KINDS[a.kind].replay_flag)
     for rec in replay(a.kind, Path(source), interval=a.interval, board=a.board, heap=a.heap,
                       target=a.target, mic=getattr(a, "mic", None),
                       mic_sensitivity=getattr(a, "mic_sensitivity", None),
@@ -236,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("provision", help="a new node: key, config, registry entry")
     pr.add_argument("--node-id", required=True)
-    pr.add_argument("--sensor", required=True, choices=["noise", "energy", "traffic"])
+    pr.add_argument("--sensor", required=True, choices=KINDS,
+                    help="; ".join(f"{k.name}: {k.measures}" for k in KINDS.values()))
     pr.add_argument("--registry", required=True)
     pr.add_argument("--out", required=True)
     pr.add_argument("--interval", type=int, default=60)
@@ -272,20 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--interval", type=int, default=60, help="seconds (default 60)")
     common.add_argument("--heap", default="64k", help="emulated heap (default 64k)")
     common.add_argument("--target", choices=["unix", "qemu"], default="unix")
-    rn = rsub.add_parser("noise", parents=[common], help="a WAV of the microphone's raw output")
-    rn.add_argument("--wav", required=True)
+    parsers = {}
+    for k in KINDS.values():
+        parsers[k.name] = kp = rsub.add_parser(k.name, parents=[common], help=k.replay_input)
+        kp.add_argument(f"--{k.replay_flag}", required=True, help=k.replay_input)
+        kp.set_defaults(func=_replay)
+    rn, rt = parsers["noise"], parsers["traffic"]
     rn.add_argument("--mic", help="microphone model for its equalisation, or 'ideal' (flat)")
     rn.add_argument("--mic-sensitivity", type=float, help="dBFS at 94 dB SPL (default: board's)")
-    re_ = rsub.add_parser("energy", parents=[common], help="a P1 byte stream")
-    re_.add_argument("--p1", required=True)
-    rt = rsub.add_parser("traffic", parents=[common], help="a loop-edge CSV t,lane,loop,state")
-    rt.add_argument("--edges", required=True)
     rt.add_argument("--loop-length", type=float, default=2.0, help="metres (default 2.0)")
     rt.add_argument("--loop-spacing", type=float, default=4.0,
                     help="metres between the loops' leading edges (default 4.0)")
     rt.add_argument("--lanes", type=int, help="default: the highest lane in the file")
-    for kind_parser in (rn, re_, rt):
-        kind_parser.set_defaults(func=_replay)
 
     de = sub.add_parser("decode", help="link frames or SenML-CBOR batches to JSON lines")
     de.add_argument("file", nargs="?")

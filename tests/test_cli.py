@@ -33,11 +33,15 @@ def test_provision_writes_private_files_and_hides_the_key(tmp_path):
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "gw.toml"
     bad.write_text("listen = [\"udp://x\"]\n")
+    wind = tmp_path / "wind.json"  # a node config of a kind there is none of
+    wind.write_text(json.dumps({"node_id": "w1", "sensor": "wind", "key": "00" * 32}))
     for args in (["provision", "--node-id", "bad id!", "--sensor", "noise", "--registry",
                   str(tmp_path / "r.json"), "--out", str(tmp_path / "n.json")],
                  ["gateway", "check-config", "--config", str(bad)],
                  ["gateway", "check-config", "--config", str(tmp_path / "missing.toml")],
-                 ["emulate", "--config", str(tmp_path / "missing.json"), "--port", "tcp://x:1"]):
+                 ["emulate", "--config", str(tmp_path / "missing.json"), "--port", "tcp://x:1"],
+                 ["emulate", "--config", str(wind), "--port", "tcp://127.0.0.1:1"],
+                 ["emulate", "--config", str(wind), "--port", "/dev/null", "--target", "qemu"]):
         p = run(*args)
         assert p.returncode == 2, (args, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr

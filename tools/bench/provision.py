@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ...errors import FatalError
 from ...gateway.registry import NodeEntry, Registry
+from ...kinds import get as get_kind
 from . import boards
 
-SENSORS = ("noise", "energy", "traffic")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
 
@@ -42,8 +42,7 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
               location: tuple[float, float] | None = None, board: str = "esp32-devkitc") -> dict:
     if not _ID.match(node_id):
         raise FatalError(f"node id {node_id!r}: use 1-32 letters, digits, '.', '_' or '-'")
-    if sensor not in SENSORS:
-        raise FatalError(f"sensor {sensor!r}: use one of {', '.join(SENSORS)}")
+    get_kind(sensor)
     spec = boards.load(board)
     if sensor not in spec["sensors"]:
         raise FatalError(f"board {board} has no {sensor} input; it carries "

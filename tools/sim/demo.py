@@ -20,7 +20,8 @@ from ...gateway.config import Config
 from ...gateway.service import Gateway
 from .broker import free_port, start_embedded
 from .emulate import EmulatedNode
-from ..bench.provision import SENSORS, provision
+from ...kinds import NAMES as KIND_NAMES
+from ..bench.provision import provision
 
 SHOW = {"LAeq", "power_import", "energy_import_t1", "lane1/count", "lane1/speed_mean"}
 
@@ -61,7 +62,7 @@ async def run_demo(nodes: int = 3, seconds: float = 30, broker: str | None = Non
     registry = work / "nodes.json"
     configs = []
     for i in range(nodes):
-        kind = SENSORS[i % len(SENSORS)]
+        kind = KIND_NAMES[i % len(KIND_NAMES)]
         cfg_path = work / f"node-{i + 1}.json"
         node_cfg = provision(f"demo-{kind}-{i + 1}", kind, registry, cfg_path, interval=interval)
         if kind == "traffic":

@@ -14,6 +14,7 @@ import time
 import tty
 from pathlib import Path
 
+from ... import kinds
 from ...errors import FatalError
 from ...paths import firmware_dir, micropython_bin
 from . import signals
@@ -125,6 +126,16 @@ def _traffic_feeder(seed: int, spacing: float, loop_length: float, speed: float 
     return _Feeder(*traffic_edges(signals.Traffic(TRAFFIC_PINS, spacing, loop_length, seed), speed))
 
 
+# each kind's input on the emulated board (its name there: sensorcity/kinds.py), from the node's config
+_FEEDERS = {
+    "noise": lambda node, seed, speed: _noise_feeder(
+        node.get("rate", 48000), node.get("mic_sensitivity", -26.0), seed, speed),
+    "energy": lambda node, seed, speed: _meter_feeder(seed, speed),
+    "traffic": lambda node, seed, speed: _traffic_feeder(
+        seed, node.get("loop_spacing", 4.0), node.get("loop_length", 2.0), speed),
+}
+
+
 class EmulatedNode:
     def __init__(self, config: Path, port: str, interval: int | None = None, heap: str = "192k",
                  seed: int = 0, log=None, speed: float = 1, clock_offset: float = 0.0):
@@ -154,22 +165,11 @@ class EmulatedNode:
         return {"serial": True}
 
     def _peripherals(self) -> dict:
-        kind = self.node["sensor"]
-        if kind == "noise":
-            f = _noise_feeder(self.node.get("rate", 48000), self.node.get("mic_sensitivity", -26.0),
-                              self.seed, self.speed)
-            name = "i2s"
-        elif kind == "energy":
-            f, name = _meter_feeder(self.seed, self.speed), "uart2"
-        elif kind == "traffic":
-            f = _traffic_feeder(self.seed, self.node.get("loop_spacing", 4.0),
-                                self.node.get("loop_length", 2.0), self.speed)
-            name = "edges"
-        else:
-            raise FatalError(f"{self.config}: unknown sensor {kind!r}")
+        kind = kinds.get(self.node.get("sensor"), f"{self.config}: sensor")
+        f = _FEEDERS[kind.name](self.node, self.seed, self.speed)
         f.start()
         self.feeders.append(f)
-        return {name: f.port}
+        return {kind.peripheral: f.port}
 
     def start(self):
         image = flash_image_for(self.config)

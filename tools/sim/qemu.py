@@ -326,9 +326,8 @@ class QemuNode:
             self.node = json.loads(self.config.read_text())
         except (OSError, ValueError) as exc:
             raise FatalError(f"cannot read node config {config}: {exc}") from exc
-        self.kind = self.node.get("sensor")
-        if self.kind not in ("energy", "noise", "traffic"):
-            raise FatalError(f"{config}: unknown sensor {self.kind!r}")
+        from ... import kinds
+        self.kind = kinds.get(self.node.get("sensor"), f"{config}: sensor").name
         if self.kind == "noise":
             self.node["rate"] = self.rate = int(self.node.get("rate", MIC_RATE))
         self.mic = mic
@@ -412,7 +411,8 @@ class QemuNode:
         self.board = QemuBoard(heap=self.heap, ticks_us=self.ticks_us, flash=self.image,
                                repl=False).__enter__()
         if self.log:
-            sensor = {"noise": "microphone", "traffic": "loops"}.get(self.kind, "meter")
+            from ...kinds import KINDS
+            sensor = KINDS[self.kind].sensor
             print(f"qemu node: boot {self.boots}, link {self.board.port} <-> {self.port}, "
                   f"{sensor} on {self.board.sensor_port}", file=self.log, flush=True)
         board = self.board

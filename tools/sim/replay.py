@@ -16,6 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ... import kinds
 from ...errors import FatalError
 from ...protocol import frames, senml
 from ...paths import firmware_dir, micropython_bin
@@ -43,6 +44,7 @@ def replay(kind: str, source: Path, interval: int = 60, board: str = "esp32-devk
            mic_sensitivity: float | None = None, loop_length: float = 2.0,
            loop_spacing: float = 4.0, lanes: int | None = None):
     """Yields resolved records as dicts (n, u, v, t); last, a dict of counters under 'counters'."""
+    kinds.get(kind, "replay")
     if target not in ("unix", "qemu"):
         raise FatalError(f"--target {target}: give unix or qemu")
     if interval < 1:
