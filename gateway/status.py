@@ -9,10 +9,12 @@ registry's public fields (never their keys), the page token nowhere."""
 
 from __future__ import annotations
 
+import functools
 import time
 from importlib import metadata
 
 
+@functools.cache
 def version() -> str:
     try:
         return metadata.version("sensorcity")

@@ -21,7 +21,7 @@ from sensorcity.protocol import frames
 from sensorcity.tools.bench.provision import SENSORS, provision
 from sensorcity.tools.sim.emulate import EmulatedNode
 
-pytestmark = [pytest.mark.mosquitto, pytest.mark.browser]
+pytestmark = pytest.mark.mosquitto
 INTERVAL = 2
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -65,6 +65,7 @@ def nodes_on(tmp_path) -> tuple[Path, dict]:
     return registry, configs
 
 
+@pytest.mark.browser
 def test_page_in_chromium_follows_nodes_live(tmp_path):
     broker = Mosquitto(tmp_path / "broker")
     registry, configs = nodes_on(tmp_path)
