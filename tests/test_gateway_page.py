@@ -202,3 +202,26 @@ def test_no_secret_reaches_the_page_or_its_stream(tmp_path):
             for secret in secrets:
                 assert secret not in text, secret
     asyncio.run(main())
+
+
+def test_snapshot_has_the_spool_the_uplink_and_pending_commands(tmp_path):
+    from sensorcity.gateway import status
+
+    async def main():
+        gw = gateway(tmp_path)
+        gw.commands.submit("sensorcity/v1/gw-page/cmd/n1", b'{"op": "interval", "value": 30}')
+        gw.spool.store([("e1", 7, 960.0, b"\x80", 3)], now=1000.0)
+        snap = status.snapshot(gw, status.spool_state(gw.spool), now=1010.0)
+        assert row(snap["nodes"], "n1")["pending"][0]["op"] == "interval"
+        assert row(snap["nodes"], "n1")["pending"][0]["value"] == 30
+        assert row(snap["nodes"], "e1")["pending"] == []
+        sp = snap["spool"]
+        assert (sp["frames"], sp["readings"], sp["oldest_age_s"]) == (1, 3, 10.0)
+        assert sp["used_bytes"] <= sp["budget_bytes"]
+        up = snap["uplink"]
+        assert (up["connected"], up["broker"], up["brokers"], up["in_flight"]) == \
+            (False, None, ["127.0.0.1:9"], 0)
+        assert snap["gateway"]["id"] == "gw-page" and snap["gateway"]["healthy"]
+        json.dumps(snap, allow_nan=False)
+        gw.spool.close()
+    asyncio.run(main())
