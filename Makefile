@@ -3,10 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: the broker, and the QEMU tier's emulator and cross compiler.
-# (gcc and libc6-dev build the host mpy-cross inside the QEMU recipe)
+# (gcc and libc6-dev build the host mpy-cross inside the QEMU recipe; chromium and its driver
+# test the gateway's status page)
 APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev gcc libc6-dev \
-	systemd
-APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze
+	systemd chromium chromium-driver
+APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze chromium chromedriver
 
 .PHONY: install demo test test-fast bench system-deps clean
 

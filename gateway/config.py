@@ -85,6 +85,7 @@ class Config:
     time_every: float = 3600.0
     cmd_resend: float = 5.0                              # a command is resent until its node acks
     metrics: str = "127.0.0.1:9108"                      # HOST:PORT of /metrics and /healthz; "" off
+    page_token: str = ""                                 # the status page off loopback needs it
     stall: float = 60.0                                  # uplink silent this long with a backlog: unhealthy
     drain: float = 5.0                                   # seconds SIGTERM allows to publish what is pending
 
@@ -115,6 +116,9 @@ class Config:
             host, _, port = self.metrics.rpartition(":")
             if not host or not port.isdigit() or int(port) > 65535:
                 raise FatalError(f"metrics {self.metrics!r}: use HOST:PORT (or \"\" for none)")
+        if self.page_token and (len(self.page_token) < 16 or not self.page_token.isascii()
+                                or not self.page_token.isprintable() or " " in self.page_token):
+            raise FatalError("page_token: at least 16 printable ASCII characters, no spaces")
         if self.spool_max_mb < 4:
             raise FatalError(f"spool_max_mb {self.spool_max_mb}: at least 4")
         if self.session_expiry < 0 or self.cmd_resend <= 0 or self.stall <= 0 or self.drain < 0:

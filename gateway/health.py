@@ -1,59 +1,170 @@
-"""The loopback HTTP endpoint: GET /metrics (Prometheus text) and GET /healthz (200 "ok" while
-the pipeline is alive and the uplink progressed recently or has nothing to send, else 503 and
-the reason). A deliberately tiny HTTP/1.0 server on the service's event loop."""
+"""The gateway's HTTP listener (aiohttp, on the service's event loop):
+
+- GET /metrics: Prometheus text; GET /healthz: 200 "ok" while the pipeline is alive and the
+  uplink progressed recently or has nothing to send, else 503 and the reason. Open to whoever
+  reaches the listener (loopback by default), as before.
+- GET /: the status page (one static HTML file, inline CSS and JS); GET /status.json: the
+  snapshot (gateway/status.py); GET /events: the same snapshot as server-sent events, one a
+  second. These three are served on a loopback listener to anyone, on any other listener only
+  with the configured page_token (`Authorization: Bearer <token>` or `?token=<token>`), and not
+  at all when none is configured."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import logging
+import re
+import time
+from pathlib import Path
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import status
+from .config import is_loopback
 
 log = logging.getLogger("sensorcity.gateway.health")
-REQUEST_MAX = 8192
+PAGE = Path(__file__).with_name("page.html")
+EVERY = 1.0          # seconds between two snapshots on the event stream
+STREAMS_MAX = 16     # event streams open at once (a phone or two, a laptop): bounded memory
+SHUTDOWN = 1.0       # seconds a stop waits for open requests
+
+
+def _csp(html: str) -> str:
+    """Only the page's own inline script and style may run: nothing from elsewhere, and no
+    markup that slipped into the page could execute."""
+    def digest(tag):
+        m = re.search(rf"<{tag}>(.*?)</{tag}>", html, re.S)
+        return base64.b64encode(hashlib.sha256(m.group(1).encode()).digest()).decode()
+    return (f"default-src 'none'; script-src 'sha256-{digest('script')}'; "
+            f"style-src 'sha256-{digest('style')}'; connect-src 'self'; img-src data:; "
+            f"base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+class Page:
+    """The page, its snapshot and its event stream, behind the token rule."""
+
+    def __init__(self, gw, host: str):
+        self.gw = gw
+        self.open = is_loopback(host)
+        self.token = gw.cfg.page_token
+        self.html = PAGE.read_bytes()
+        self.headers = {"Content-Security-Policy": _csp(self.html.decode()),
+                        "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+                        "Cache-Control": "no-store"}
+        self.streams = 0
+        self.closing = asyncio.Event()
+        self._cached: tuple[float, bytes] = (0.0, b"")
+        self._lock = asyncio.Lock()
+
+    def allowed(self, request: web.Request) -> web.Response | None:
+        """None when the request may see the page, else the response that says why not."""
+        if self.open:
+            return None
+        if not self.token:
+            return web.Response(status=404, text="the status page is off: this listener is not "
+                                                 "loopback and no page_token is configured\n")
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
+        if hmac.compare_digest(given.encode(), self.token.encode()):
+            return None
+        return web.Response(status=401, text="the status page needs its token\n",
+                            headers={"WWW-Authenticate": 'Bearer realm="sensorcity"'})
+
+    async def current(self) -> bytes:
+        """The snapshot as JSON, made at most once a second whatever the number of viewers."""
+        async with self._lock:
+            made, body = self._cached
+            if time.monotonic() - made >= EVERY * 0.9 or not body:
+                spool = await asyncio.to_thread(status.spool_state, self.gw.spool)
+                body = json.dumps(status.snapshot(self.gw, spool), separators=(",", ":"),
+                                  allow_nan=False, default=str).encode()
+                self._cached = (time.monotonic(), body)
+            return body
+
+    async def index(self, request):
+        return self.allowed(request) or web.Response(body=self.html, headers={
+            **self.headers, "Content-Type": "text/html; charset=utf-8"})
+
+    async def snapshot(self, request):
+        return self.allowed(request) or web.Response(body=await self.current(), headers={
+            "Content-Type": "application/json", "Cache-Control": "no-store"})
+
+    async def events(self, request):
+        refused = self.allowed(request)
+        if refused:
+            return refused
+        if self.streams >= STREAMS_MAX:
+            return web.Response(status=503, text=f"{STREAMS_MAX} event streams are open\n")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-store",
+                                           "X-Accel-Buffering": "no"})
+        self.streams += 1
+        try:
+            await resp.prepare(request)
+            await resp.write(b"retry: 2000\n\n")
+            while not self.closing.is_set():
+                await resp.write(b"data: " + await self.current() + b"\n\n")
+                try:
+                    await asyncio.wait_for(self.closing.wait(), EVERY)
+                except asyncio.TimeoutError:
+                    pass
+        except (ConnectionError, RuntimeError):
+            pass  # the viewer went away
+        finally:
+            self.streams -= 1
+        return resp
+
+
+def app(gw, host: str) -> web.Application:
+    page = Page(gw, host)
+
+    async def metrics(request):
+        body = await asyncio.to_thread(generate_latest, gw.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request):
+        ok, why = gw.health()
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
+    async def closing(_app):
+        page.closing.set()
+
+    a = web.Application()
+    a.router.add_get("/metrics", metrics)
+    a.router.add_get("/healthz", healthz)
+    a.router.add_get("/", page.index)
+    a.router.add_get("/status.json", page.snapshot)
+    a.router.add_get("/events", page.events)
+    a.on_shutdown.append(closing)
+    return a
 
 
 async def serve(host: str, port: int, gw, started: asyncio.Event | None = None):
-    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            method, path, *_ = head[:REQUEST_MAX].decode("latin-1").split(" ", 2)
-            path = path.split("?", 1)[0]
-            if method != "GET":
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                body = await asyncio.to_thread(generate_latest, gw.metrics.registry)
-                status, ctype = "200 OK", CONTENT_TYPE_LATEST
-            elif path == "/healthz":
-                ok, why = gw.health()
-                status = "200 OK" if ok else "503 Service Unavailable"
-                ctype, body = "text/plain", (why + "\n").encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"/metrics or /healthz\n"
-            writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                         + body)
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
+    runner = web.AppRunner(app(gw, host), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN)
     try:
-        server = await asyncio.start_server(client, host, port)
+        await site.start()
     except OSError as exc:
         # observability must not take the data path down: say so and run without it
-        log.error("metrics %s:%d: %s; running without /metrics and /healthz", host, port,
-                  exc.strerror or exc)
+        log.error("metrics %s:%d: %s; running without /metrics, /healthz and the page", host,
+                  port, exc.strerror or exc)
+        await runner.cleanup()
         if started is not None:
             started.port = None
             started.set()
         return
+    bound = runner.addresses[0][1]
     if started is not None:
-        started.port = server.sockets[0].getsockname()[1]
+        started.port = bound
         started.set()
-    log.info("metrics and health on http://%s:%d/", host, started.port if started else port)
-    async with server:
-        await server.serve_forever()
+    log.info("metrics, health and the status page on http://%s:%d/", host, bound)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await asyncio.shield(runner.cleanup())

@@ -17,6 +17,7 @@ from .commands import Commands
 from .config import Config
 from .ingest import Ingest, Link
 from .metrics import Metrics
+from .nodes import NodeTable, claimed_node
 from .registry import Registry
 from .spool import DUPLICATE, STALE, STORED, Spool, SpoolFull
 from .uplink import Uplink
@@ -44,6 +45,8 @@ class Gateway:
                                  cfg.cmd_resend)
         self.uplink.on_message = self.commands.submit
         self.metrics = Metrics(self)
+        self.nodes = NodeTable(self.registry)  # the status page's view of the nodes
+        self.started = time.time()
         self.uplink.on_published = self.metrics.published
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
         self.links: dict[str, Link] = {}
@@ -65,13 +68,17 @@ class Gateway:
             return None  # draining: not acked, so the node sends it again to our successor
         checked = self.verifier.check(cobs)
         if checked is None:
+            self.nodes.reject(self.verifier.last_reason, claimed_node(cobs), link.name)
             return False
         frame, records = checked
         self.links[frame.node] = link
+        self.nodes.seen(frame.node, link.name)
         if frame.kind == frames.DATA:
+            self.nodes.frame(frame.node, link.name, frame.seq, records)
             await self.queue.put((link, frame, records))  # bounded: backpressure on the link
         elif frame.kind == frames.HELLO:
             log.info("hello from %s on %s: %s", frame.node, link.name, frame.body)
+            self.nodes.hello(frame.node, link.name, frame.body)
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_time(link, frame.node)
             self.commands.connected(frame.node)
@@ -114,6 +121,7 @@ class Gateway:
             for i, (link, frame, _) in enumerate(batch):
                 if i < len(outcomes):
                     self.send(link, frame.node, frames.ACK, frame.seq)
+                    self.nodes.outcome(frame.node, outcomes[i])
                 self.queue.task_done()
             self.last_commit = time.monotonic()
             self.commit_began = None

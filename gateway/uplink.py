@@ -76,6 +76,10 @@ class Uplink:
         self.failures = 0
         self.replies_dropped = 0
         self.last_progress = time.monotonic()
+        # for the status page (gateway/status.py): wall clock times, batches awaiting a PUBACK
+        self.connected_at: float | None = None
+        self.last_puback: float | None = None
+        self.in_flight = 0
 
     def _client(self, broker: Broker) -> aiomqtt.Client:
         v5 = self.version == aiomqtt.ProtocolVersion.V5
@@ -102,6 +106,7 @@ class Uplink:
                 async with self._client(broker) as client:
                     self.broker, self.client, self.connected = broker, client, True
                     self.connects += 1
+                    self.connected_at = time.time()
                     self._mark = None
                     log.info("connected to %s:%d%s", broker.host, broker.port,
                              " (TLS)" if broker.tls else "")
@@ -114,6 +119,7 @@ class Uplink:
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
                 self.connected = False
+                self.in_flight = 0
                 self.client = None
                 self.session.clear()
             if time.monotonic() - began > STABLE:
@@ -227,13 +233,16 @@ class Uplink:
 
     async def _publish(self, client: aiomqtt.Client, rows) -> None:
         payload, batch_id, readings = self.batch(rows)
+        self.in_flight += 1  # back to 0 when the connection ends, whatever was pending
         await client.publish(self.topic, payload, qos=1, properties=self._props(batch_id),
                              timeout=30)
+        self.in_flight -= 1
         # PUBACK received: only now may the rows go
         await asyncio.to_thread(self.spool.release, [r[0] for r in rows])
         self.published_batches += 1
         self.published_readings += readings
         self.last_progress = time.monotonic()
+        self.last_puback = time.time()
         if self.on_published:
             self.on_published(rows)
 

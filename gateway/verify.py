@@ -25,9 +25,11 @@ class Verifier:
         self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
         self.accepted = 0
         self.control_seq: dict[str, int] = {}
+        self.last_reason = ""  # the latest rejection's, for the status page
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
+        self.last_reason = reason
         log.debug("rejected frame: %s %s", reason, detail)
 
     def check(self, cobs: bytes) -> tuple[frames.Frame, list[senml.Record]] | None:

@@ -47,7 +47,17 @@ def _gateway_check(a):
     shown = ", ".join(f"{'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}" for b in brokers)
     print(f"config ok: gateway {cfg.gateway_id}, {len(cfg.listen)} TCP listeners, "
           f"{len(cfg.serial)} serial patterns, {len(reg.nodes)} nodes, brokers {shown}, "
-          f"metrics {cfg.metrics or 'off'}")
+          f"metrics {cfg.metrics or 'off'}, status page {_page_rule(cfg)}")
+
+
+def _page_rule(cfg) -> str:
+    """Who may see the status page (gateway/health.py); never the token itself."""
+    from .gateway.config import is_loopback
+    if not cfg.metrics:
+        return "off"
+    if is_loopback(cfg.metrics.rpartition(":")[0]):
+        return "on loopback"
+    return "with its token" if cfg.page_token else "off (no page_token)"
 
 
 def _provision(a):

@@ -54,6 +54,7 @@ BROKEN = {
     'cert = "/nonexistent.pem"\nkey = "/nonexistent.key"': "cert /nonexistent.pem: no such file",
     'cert = "/etc/hostname"': "cert and key go together",
     'metrics = "9108"': "metrics",
+    'page_token = "short"': "page_token: at least 16",
     'gateway_id = "a/b"': "gateway_id",
     'serial = "/dev/ttyUSB0"': "serial must be list",
     'serial = [1]': "list of strings",

@@ -1,5 +1,6 @@
 """`sensorcity demo`: emulated noise, energy and traffic nodes -> gateway -> MQTT broker, with a
-live view of the readings arriving and a one-line summary at the end."""
+live view of the readings arriving and a one-line summary at the end. Its first line is the URL
+of the gateway's status page (on a free loopback port), live while the demo runs."""
 
 from __future__ import annotations
 
@@ -72,14 +73,22 @@ async def run_demo(nodes: int = 3, seconds: float = 30, broker: str | None = Non
         configs.append(cfg_path)
     cfg = Config(gateway_id="demo", listen=["tcp://127.0.0.1:0"], brokers=[broker],
                  mqtt_version=version, spool=str(work / "spool"), nodes=str(registry),
-                 batch_age=1.0)
+                 batch_age=1.0, metrics="127.0.0.1:0")  # the page on a free loopback port
     gateway = Gateway(cfg)
     seen: Counter = Counter()
     bases: set = set()
     stop = asyncio.Event()
+    gw_task = asyncio.create_task(gateway.run())
+    listening = asyncio.create_task(gateway.http_started.wait())
+    await asyncio.wait({gw_task, listening}, return_when=asyncio.FIRST_COMPLETED)
+    if gw_task.done():
+        listening.cancel()
+        await gw_task  # it failed to start: its error, as one line from the CLI
+    page = gateway.http_started.port
+    print(f"demo: the gateway's page: http://127.0.0.1:{page}/" if page else
+          "demo: the gateway's page is unavailable (no HTTP listener)", file=out, flush=True)
     print(f"demo: {nodes} emulated nodes -> gateway -> {broker} "
           f"({'embedded amqtt' if embedded else 'your broker'}) for {seconds:g} s", file=out)
-    gw_task = asyncio.create_task(gateway.run())
     watch = asyncio.create_task(_watch(broker, version, cfg.topic_prefix, seen, bases, out, stop))
     await gateway.tcp_started.wait()
     port = gateway.tcp_started.port
