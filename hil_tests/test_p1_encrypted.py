@@ -8,14 +8,17 @@ readings, so the frame format is dsmr-parser's, not ours. The firmware's records
 against dsmr-parser's reading of the plaintext.
 """
 
+import json
 import os
 import subprocess
+from decimal import Decimal
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from dsmr_parser.exceptions import DecryptionError
 from dsmr_parser.parsers import TelegramParser
 
+from mprun import MP_TESTS, run_micropython
 from rigs.targets import SENSORCITY
 from sensorcity.tools.sim.signals import Meter
 from test_p1 import DATA, FILES, oracle, spec_for
@@ -135,3 +138,33 @@ def test_a_key_that_is_not_32_hex_digits_is_one_line(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "--p1-key" in p.stderr and "32 hex digits" in p.stderr
+
+
+def number(text):
+    m, _, e = text.partition(" ")
+    return Decimal(m).scaleb(int(e or 0))
+
+
+@pytest.mark.unixport
+def test_the_nodes_energy_pipeline_reads_an_encrypted_meter(tmp_path):
+    # sensors.energy as the node runs it, the keys in its config: 6 frames, one an interval,
+    # the fourth forged, read in 300-byte chunks. Each interval reports its telegram's values,
+    # the forged one's interval p1_decrypt_errors 1 and no reading; intervals close on the
+    # node's clock checks, so the test waits on them, not on the wall clock.
+    meter = Meter(seed=9)
+    telegrams = [meter.second() for _ in range(6)]
+    frames = [frame(t, k, key=KEY if k != 3 else bytes(16)) for k, t in enumerate(telegrams)]
+    p1 = tmp_path / "enc.p1"
+    p1.write_bytes(b"".join(frames))
+    cfg = {"sensor": "energy", "p1_key": KEY.hex()}
+    out = run_micropython(MP_TESTS / "energy_driver.py", p1, json.dumps(cfg), 300,
+                          json.dumps([len(f) for f in frames]), heap="256K").stdout
+    rows = {t: {n: number(v) for n, _, v in recs} for t, recs in map(json.loads, out.splitlines())}
+    assert sorted(rows) == list(range(7)), out
+    assert rows.pop(6) == {"p1_crc_errors": 0, "p1_decrypt_errors": 0}  # the line is quiet
+    for k, t in enumerate(telegrams):
+        got = rows[k]
+        assert got.pop("p1_crc_errors") == 0
+        assert got.pop("p1_decrypt_errors") == (k == 3)
+        want = {} if k == 3 else oracle(t.decode("latin-1"), spec_for("dsmr_v5"))
+        assert {n: v * 1000 for n, v in got.items()} == want, k
