@@ -26,8 +26,10 @@ QUANTITIES = (
 class EnergyInterval:
     """Aggregates the valid telegrams of one interval; take() closes it and opens the next."""
 
-    def __init__(self, reader):
+    def __init__(self, reader, cipher=None):
         self._reader = reader
+        self._cipher = cipher  # a P1Cipher: its decrypt_errors are reported too
+        self._decrypt_errors = cipher.decrypt_errors if cipher else 0
         n = p1.NFIELDS
         self._sum = [0] * n  # counters: last value; means: sum (milli-units, exact integers)
         self._count = [0] * n
@@ -48,7 +50,8 @@ class EnergyInterval:
 
     def take(self, exact=False):
         """[(name, unit, value)] for the interval, then reset. Quantities the meter did not send
-        in a valid telegram are left out; p1_crc_errors (telegrams rejected) is always there.
+        in a valid telegram are left out; p1_crc_errors (telegrams rejected) is always there, and
+        on an encrypted line p1_decrypt_errors (frames rejected before the telegram).
 
         exact=True gives each value as an integer in thousandths of the unit (means rounded half
         up), for encoders that must not pass a 9-digit counter through a 32-bit float.
@@ -68,4 +71,8 @@ class EnergyInterval:
         rejected = self._reader.rejected()
         out.append(("p1_crc_errors", "count", rejected - self._rejected))
         self._rejected = rejected
+        if self._cipher:
+            bad = self._cipher.decrypt_errors
+            out.append(("p1_decrypt_errors", "count", bad - self._decrypt_errors))
+            self._decrypt_errors = bad
         return out

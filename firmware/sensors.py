@@ -56,8 +56,9 @@ async def energy(node):
     from energy import EnergyInterval
     from p1 import P1Reader
     p1 = P1Reader()
-    agg = EnergyInterval(p1)
-    asyncio.create_task(_read_p1(node, p1))
+    line = _p1_cipher(node.cfg, p1)
+    agg = EnergyInterval(p1, line)
+    asyncio.create_task(_read_p1(node, line or p1))
     start = node.interval_start()
     while True:
         # intervals close on the clock, whether or not the meter is talking
@@ -66,6 +67,18 @@ async def energy(node):
         if now != start:
             node.emit(start, energy_records(agg.take(exact=True)))
             start = now
+
+
+def _p1_cipher(cfg, reader):
+    """An encrypted meter's line (node.json "p1_key", and "p1_auth_key" where it is not the
+    Smarty's published one: 32 hex digits each), or None. The keys stay in node.json."""
+    if not cfg.get("p1_key"):
+        return None
+    from binascii import unhexlify
+    from dlms import P1Cipher, SMARTY_AUTH_KEY
+    auth = cfg.get("p1_auth_key")
+    return P1Cipher(reader, unhexlify(cfg["p1_key"]),
+                    unhexlify(auth) if auth else SMARTY_AUTH_KEY)
 
 
 async def _read_p1(node, p1):
@@ -120,7 +133,7 @@ def pipeline(kind, cfg=None):
     if kind not in _MODULES:
         raise ValueError("node.json: unknown sensor " + kind)
     if cfg is not None:
-        for name in _MODULES[kind]:
+        for name in _MODULES[kind] + (("gcm", "dlms") if cfg.get("p1_key") else ()):
             __import__(name)
         if kind == "noise":
             meter = _noise_meter(cfg)

@@ -64,7 +64,7 @@ def _provision(a):
     from .tools.bench.provision import parse_location, provision
     cfg = provision(a.node_id, a.sensor, Path(a.registry), Path(a.out), interval=a.interval,
                     base_name=a.base_name, mac=a.mac, calibration_db=a.calibration,
-                    board=a.board,
+                    board=a.board, p1_key=a.p1_key, p1_auth_key=a.p1_auth_key,
                     location=parse_location(a.location) if a.location else None)
     print(f"provisioned {cfg['node_id']} ({cfg['sensor']}, {cfg['base_name']}): "
           f"config {a.out}, registry {a.registry}")
@@ -113,7 +113,8 @@ def _replay(a):
                       mic_sensitivity=getattr(a, "mic_sensitivity", None),
                       loop_length=getattr(a, "loop_length", 2.0),
                       loop_spacing=getattr(a, "loop_spacing", 4.0),
-                      lanes=getattr(a, "lanes", None)):
+                      lanes=getattr(a, "lanes", None), p1_key=getattr(a, "p1_key", None),
+                      p1_auth_key=getattr(a, "p1_auth_key", None)):
         if "counters" in rec:
             print("replay: " + " ".join(f"{k}={v}" for k, v in rec["counters"].items()),
                   file=sys.stderr)
@@ -257,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--calibration", type=float, default=0.0, help="noise offset in dB")
     pr.add_argument("--board", default="esp32-devkitc", help="a board file's id (boards/)")
     pr.add_argument("--location", help="LAT,LON in WGS84 degrees")
+    pr.add_argument("--p1-key", help="an encrypted meter's AES key from its grid operator "
+                    "(32 hex digits; energy nodes; kept in node.json only)")
+    pr.add_argument("--p1-auth-key", help="its authentication key (default: the Luxembourg "
+                    "Smarty's published one)")
     pr.set_defaults(func=_provision)
     _bench_parsers(sub)
 
@@ -292,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn, rt = parsers["noise"], parsers["traffic"]
     rn.add_argument("--mic", help="microphone model for its equalisation, or 'ideal' (flat)")
     rn.add_argument("--mic-sensitivity", type=float, help="dBFS at 94 dB SPL (default: board's)")
+    re_ = parsers["energy"]
+    re_.add_argument("--p1-key", help="the meter's AES-128 key (32 hex digits): the stream is "
+                     "encrypted DSMR (DLMS general-global-cipher frames, docs/energy.md)")
+    re_.add_argument("--p1-auth-key", help="its authentication key (32 hex digits; default: "
+                     "the Luxembourg Smarty's published one)")
     rt.add_argument("--loop-length", type=float, default=2.0, help="metres (default 2.0)")
     rt.add_argument("--loop-spacing", type=float, default=4.0,
                     help="metres between the loops' leading edges (default 4.0)")

@@ -30,6 +30,25 @@ def test_provision_writes_private_files_and_hides_the_key(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / f).st_mode) == 0o600
 
 
+def test_provision_keeps_an_encrypted_meters_key_in_the_node_config_only(tmp_path):
+    meter_key = "0f" * 16
+    p = run("provision", "--node-id", "lux-1", "--sensor", "energy", "--registry",
+            str(tmp_path / "reg.json"), "--out", str(tmp_path / "lux-1.json"),
+            "--p1-key", meter_key.upper())
+    assert p.returncode == 0, p.stderr
+    cfg = json.loads((tmp_path / "lux-1.json").read_text())
+    assert cfg["p1_key"] == meter_key and "p1_auth_key" not in cfg
+    assert meter_key not in (tmp_path / "reg.json").read_text().lower()
+    assert meter_key not in (p.stdout + p.stderr).lower()
+    for args in (["--sensor", "noise", "--p1-key", meter_key], ["--sensor", "energy", "--p1-key",
+                                                                "0f" * 15],
+                 ["--sensor", "energy", "--p1-key", meter_key, "--p1-auth-key", "xyz"]):
+        p = run("provision", "--node-id", "lux-2", "--registry", str(tmp_path / "r2.json"),
+                "--out", str(tmp_path / "lux-2.json"), *args)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
+        assert not (tmp_path / "lux-2.json").exists()
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "gw.toml"
     bad.write_text("listen = [\"udp://x\"]\n")

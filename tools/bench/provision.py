@@ -39,7 +39,8 @@ def base_name_for(node_id: str, mac: str | None = None) -> str:
 
 def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: int = 60,
               base_name: str | None = None, mac: str | None = None, calibration_db: float = 0.0,
-              location: tuple[float, float] | None = None, board: str = "esp32-devkitc") -> dict:
+              location: tuple[float, float] | None = None, board: str = "esp32-devkitc",
+              p1_key: str | None = None, p1_auth_key: str | None = None) -> dict:
     if not _ID.match(node_id):
         raise FatalError(f"node id {node_id!r}: use 1-32 letters, digits, '.', '_' or '-'")
     get_kind(sensor)
@@ -52,6 +53,8 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
     if not -40.0 <= calibration_db <= 40.0:
         raise FatalError(f"--calibration {calibration_db}: an offset beyond 40 dB is a wrong "
                          f"microphone or sensitivity, not a calibration")
+    if (p1_key or p1_auth_key) and sensor != "energy":
+        raise FatalError("--p1-key: only an energy node reads a P1 port")
     key = secrets.token_bytes(32)
     cfg = {
         "node_id": node_id, "key": key.hex(), "sensor": sensor,
@@ -60,6 +63,10 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
     }
     if location:
         cfg["location"] = {"lat": location[0], "lon": location[1]}
+    if p1_key or p1_auth_key:  # an encrypted meter's keys: in node.json only, never registered
+        cfg["p1_key"] = p1_key_hex("--p1-key", p1_key)
+        if p1_auth_key:
+            cfg["p1_auth_key"] = p1_key_hex("--p1-auth-key", p1_auth_key)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -67,3 +74,14 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
         json.dump(cfg, f, indent=1)
     Registry.add(registry, NodeEntry(node_id, key, cfg["base_name"], sensor))
     return cfg
+
+
+def p1_key_hex(option: str, value: str | None) -> str:
+    """A P1 meter's 16-byte key given as 32 hex digits, or a FatalError that says so."""
+    try:
+        key = bytes.fromhex(value or "")
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise FatalError(f"{option}: give the meter's 16-byte key as 32 hex digits")
+    return key.hex()

@@ -22,6 +22,7 @@ from ...protocol import frames, senml
 from ...paths import firmware_dir, micropython_bin
 from .emulate import EMULATOR_DIR, parse_heap
 from ..bench import boards
+from ..bench.provision import p1_key_hex
 from . import wav
 from ..mpy import compile_dir
 
@@ -42,8 +43,10 @@ def wav_to_i2s(src: Path, dst: Path) -> int:
 def replay(kind: str, source: Path, interval: int = 60, board: str = "esp32-devkitc",
            heap: str = "64k", target: str = "unix", mic: str | None = None,
            mic_sensitivity: float | None = None, loop_length: float = 2.0,
-           loop_spacing: float = 4.0, lanes: int | None = None):
-    """Yields resolved records as dicts (n, u, v, t); last, a dict of counters under 'counters'."""
+           loop_spacing: float = 4.0, lanes: int | None = None, p1_key: str | None = None,
+           p1_auth_key: str | None = None):
+    """Yields resolved records as dicts (n, u, v, t); last, a dict of counters under 'counters'.
+    p1_key (and p1_auth_key), hex: the P1 stream is encrypted (docs/energy.md)."""
     kinds.get(kind, "replay")
     if target not in ("unix", "qemu"):
         raise FatalError(f"--target {target}: give unix or qemu")
@@ -65,6 +68,10 @@ def replay(kind: str, source: Path, interval: int = 60, board: str = "esp32-devk
             if sens is None:
                 raise FatalError(f"board {board} has no microphone: give --mic-sensitivity")
             opts["sensitivity"] = sens
+        elif kind == "energy" and (p1_key or p1_auth_key):
+            opts["p1_key"] = p1_key_hex("--p1-key", p1_key)
+            if p1_auth_key:
+                opts["p1_auth_key"] = p1_key_hex("--p1-auth-key", p1_auth_key)
         elif kind == "traffic":
             opts.update(loop_length=loop_length, loop_spacing=loop_spacing,
                         lanes=lanes or _lanes_in(source))
@@ -88,7 +95,9 @@ def _run_unix(kind, path, interval, key, node_id, base_name, opts, heap):
         capture_output=True, env=env)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
-        last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
+        # the unix port prints an uncaught exception on stdout, after the frames
+        tail = proc.stdout[-300:].decode(errors="replace").strip()
+        last = (err or tail).splitlines()[-1] if err or tail else f"exit code {proc.returncode}"
         raise FatalError(f"replay failed on the emulated board: {last}")
     return proc.stdout, json.loads(err.splitlines()[-1])
 

@@ -58,7 +58,9 @@ def energy(f, interval, opts):
     from energy import EnergyInterval
     from p1 import P1Reader
     reader = P1Reader()
-    agg = EnergyInterval(reader)
+    cipher = sensors._p1_cipher(opts, reader)  # an encrypted line, as the node's config gives it
+    src = cipher or reader
+    agg = EnergyInterval(reader, cipher)
     add = agg.add
     st = {"last": None, "n": 0, "t": 0, "end": interval, "jumps": 0}
 
@@ -92,12 +94,15 @@ def energy(f, interval, opts):
         n = f.readinto(buf)
         if not n:
             break
-        reader.feed(buf, n)
-    reader.close()
+        src.feed(buf, n)
+    src.close()
     close()  # the last, partial interval
-    return {"telegrams": reader.telegrams, "crc_errors": reader.crc_errors,
-            "malformed": reader.malformed, "overflows": reader.overflows,
-            "clock_jumps": st["jumps"]}
+    counters = {"telegrams": reader.telegrams, "crc_errors": reader.crc_errors,
+                "malformed": reader.malformed, "overflows": reader.overflows,
+                "clock_jumps": st["jumps"]}
+    if cipher:
+        counters.update(p1_frames=cipher.frames, decrypt_errors=cipher.decrypt_errors)
+    return counters
 
 
 def traffic(f, interval, opts):

@@ -1,0 +1,77 @@
+# The node's energy pipeline (sensors.energy) on a P1 line fed from a file, under the unix port:
+# `energy_driver.py FILE CONFIG-JSON CHUNK SIZES-JSON` prints one JSON line per emitted interval,
+# [t, records]. The node and its UART are stand-ins with the interfaces the pipeline uses; an
+# interval closes on every 5th clock check (the pipeline checks every 200 ms), and the k-th piece
+# of the file (SIZES) goes down the line at the start of interval k, so interval k holds it.
+import asyncio
+import io
+import json
+import sys
+
+import sensors
+
+_POLL_RD = 0x0001
+_STREAM_POLL = 3
+
+
+class Line(io.IOBase):
+    """The meter's UART: the file's bytes, CHUNK at a time, pollable as machine.UART is."""
+
+    def __init__(self, data, chunk):
+        self.data = data
+        self.pos = 0
+        self.end = 0  # bytes sent so far
+        self.chunk = chunk
+
+    def ioctl(self, req, arg):
+        if req == _STREAM_POLL:
+            return arg & _POLL_RD if self.pos < self.end else 0
+        return 0
+
+    def readinto(self, buf):
+        n = min(len(buf), self.chunk, self.end - self.pos)
+        buf[:n] = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
+class Hw:
+    def __init__(self, line):
+        self.line = line
+
+    def p1_uart(self, dsmr_version=5):
+        return self.line
+
+
+class Node:
+    def __init__(self, cfg, line):
+        self.cfg = cfg
+        self.hw = Hw(line)
+        self.progress = 0
+        self.checks = 0
+
+    def interval_start(self):
+        self.checks += 1
+        return self.checks // 5
+
+    def emit(self, t, records):
+        # values as text: a count as it is, a cbor.Decimal as "m e"
+        print(json.dumps([t, [(n, u, "%d %d" % (v.m, v.e) if hasattr(v, "m") else str(v))
+                              for n, u, v in records]]))
+
+
+async def main(path, cfg, chunk, sizes):
+    with open(path, "rb") as f:
+        line = Line(f.read(), chunk)
+    node = Node(cfg, line)
+    task = asyncio.create_task(sensors.pipeline("energy", cfg)(node))
+    for k, size in enumerate(sizes + [0]):
+        while node.checks // 5 < k:  # interval k has begun (the node counts its own checks)
+            await asyncio.sleep_ms(20)
+        line.end += size
+    while node.checks // 5 <= len(sizes):  # interval k - 1 closed
+        await asyncio.sleep_ms(20)
+    task.cancel()
+
+
+asyncio.run(main(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])))
