@@ -217,3 +217,32 @@ def test_gateway_comes_up_on_a_damaged_spool_and_says_so(tmp_path):
         f.unlink()
     assert gw.health() == (True, "ok")
     gw.spool.close()
+
+
+def test_the_service_checks_the_spool_at_start(tmp_path):
+    """Damage that opening does not touch (an index page) is found by the check the service
+    starts in a thread, and salvaged while the gateway runs."""
+    import asyncio
+    spool_dir = tmp_path / "s"
+    sp = build(spool_dir, rows=400, released=0)
+    sp.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    sp.close()
+    path = spool_dir / "spool.sqlite3"
+    _, _, kinds = reference(path)
+    overwrite(path, [pick(kinds, path, {}, "index", random.Random(3))], random.Random(4))
+    cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(spool_dir),
+                 nodes=str(tmp_path / "none.json"), metrics="", listen=[])
+    gw = Gateway(cfg)
+    assert gw.spool.damage() is None  # opening did not see it
+
+    async def main():
+        run = asyncio.create_task(gw.run())
+        for _ in range(200):
+            if gw.spool.damage():
+                break
+            await asyncio.sleep(0.05)
+        gw.stop()
+        await asyncio.wait_for(run, 30)
+    asyncio.run(main())
+    assert gw.spool.damage() and gw.spool.depth() == 440
+    gw.spool.close()
