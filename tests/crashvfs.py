@@ -10,6 +10,7 @@ stdlib sqlite3 module uses, so a VFS it registers is one the real Spool can open
 
 from __future__ import annotations
 
+import gc
 import glob
 import importlib.util
 import os
@@ -78,6 +79,7 @@ if apsw is not None:
             self.name, self.cut_at, self.ops, self.dead = name, cut_at, 0, False
             self.rng = random.Random(seed)
             self.media: dict[str, _Medium] = {}
+            self.open_files: set = set()  # a cut with a file still open would lie (see cut)
             super().__init__(name, "")
 
         def tick(self) -> None:
@@ -102,8 +104,14 @@ if apsw is not None:
         def cut(self, mode: str) -> None:
             """Write every file as the medium has it after the cut. mode: 'none' (no write
             since the last sync survives), 'some' (a random subset, in order), 'torn' (a
-            subset, and one of them only its first sectors)."""
+            subset, and one of them only its first sectors). Every connection must be closed
+            first: SQLite shares a file's locks and wal-index among a process's connections, so
+            one left open would hand the next open its memory of the files, not the medium."""
             self.dead = True
+            if self.open_files:
+                gc.collect()  # a connection dropped with a traceback is closed by now
+            if self.open_files:
+                raise AssertionError(f"cut with files open: {sorted(self.open_files)}")
             for path, medium in self.media.items():
                 image = bytearray(medium.synced)
                 pending = medium.pending
@@ -133,6 +141,12 @@ if apsw is not None:
             if path:
                 self.medium = vfs.media.get(path) or vfs.media.setdefault(path, _Medium(path))
             super().__init__("", name, flags)
+            self.key = path or f"temp {id(self)}"
+            vfs.open_files.add(self.key)
+
+        def xClose(self):
+            self.vfs.open_files.discard(self.key)
+            return super().xClose()
 
         def excepthook(self, *exc):
             pass

@@ -24,6 +24,16 @@ def workload(directory, vfs_name, log):
     cut number k falls at the same place. log collects what was acked and what released."""
     rng = random.Random(11)
     sp = Spool(directory, vfs=vfs_name, max_mb=4)
+    try:
+        _work(sp, rng, log)
+    finally:
+        try:
+            sp.close()
+        except Exception:  # a close after the cut: nothing reaches the medium
+            pass
+
+
+def _work(sp, rng, log):
     # scaled down so a small workload crosses checkpoints, WAL resets and WAL truncation
     # (defaults: every 1000 pages, truncated to 8 MiB): the same code paths, sooner
     sp.db.execute("PRAGMA wal_autocheckpoint=24")
@@ -43,7 +53,6 @@ def workload(directory, vfs_name, log):
             log["releasing"].update((r[1], r[2]) for r in rows)
             sp.release([r[0] for r in rows])
             log["released"].update((r[1], r[2]) for r in rows)
-    sp.close()
 
 
 def run(directory, cut_at, mode, seed):
