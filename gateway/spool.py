@@ -469,14 +469,10 @@ class Spool:
                 src.close()
             try:  # 2. page by page, what SQLite could not reach (salvage.py)
                 for rowid, v in salvage.records(aside, self.page_size):
-                    if _shape(v, (None, str, int, NUM, bytes, int, NUM)):
-                        outbox((rowid, *v[1:]))
-                    elif _shape(v, (None, str, int, NUM, ANY, ANY, ANY, str, NUM)):
-                        quarantined((rowid, *v[1:]))
-                    elif _shape(v, (None, str, int, NUM)):
-                        seen(*v[1:])
-                    elif rowid is None and _shape(v, (str, int, int)):  # the seen_key index
-                        seen(v[0], v[1], None)
+                    try:
+                        _classify(rowid, v, outbox, quarantined, seen)
+                    except sqlite3.Error as exc:  # a value SQLite will not take: that row only
+                        log.warning("spool salvage: a row skipped: %s", exc)
             except OSError as exc:
                 log.error("spool salvage: reading %s: %s", aside, exc)
             db.executemany("INSERT INTO floor VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
@@ -509,6 +505,18 @@ def _shape(values: list, kinds: tuple) -> bool:
         if (v is not None) if k is None else (k is not ANY and not isinstance(v, k)):
             return False
     return True
+
+
+def _classify(rowid, v, outbox, quarantined, seen) -> None:
+    """A record read off a page, to the table whose row it has the shape of (or nowhere)."""
+    if _shape(v, (None, str, int, NUM, bytes, int, NUM)):
+        outbox((rowid, *v[1:]))
+    elif _shape(v, (None, str, int, NUM, ANY, ANY, ANY, str, NUM)):
+        quarantined((rowid, *v[1:]))
+    elif _shape(v, (None, str, int, NUM)):
+        seen(*v[1:])
+    elif rowid is None and _shape(v, (str, int, int)):  # an entry of the seen_key index
+        seen(v[0], v[1], None)
 
 
 def _decodes(pack) -> bool:
