@@ -117,6 +117,11 @@ class Spool:
             if not damaged(exc):
                 raise
             self.salvage(f"open: {exc}")
+        done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
+        for aside in self.damaged_files():  # a salvage cut short (a crash, a full disk) resumes
+            if aside.name not in done:
+                self._copy_readable(aside, "resumed: a salvage was cut short")
+                log.critical("spool: resumed the salvage of %s", aside)
 
     def _connect(self, path: Path, mode: str = "rwc") -> sqlite3.Connection:
         vfs = f"&vfs={self.vfs}" if self.vfs else ""
@@ -424,8 +429,8 @@ class Spool:
 
     def _copy_readable(self, aside: Path, cause: str) -> tuple[int, int, int | None]:
         """Rows stream into the fresh spool in one transaction (memory stays bounded whatever
-        the file's size); the keys (outbox and quarantine ids, seen's (node, seq)) de-dup what
-        both passes find. A pack that does not decode goes to `quarantine`."""
+        the file's size); (node, seq) de-dups what both passes find (an index for the salvage's
+        length), ids are kept where free. A pack that does not decode goes to `quarantine`."""
         small: dict[str, dict] = {"floor": {}, "downlink": {}, "tally": {}}
         now, quar = time.time(), [0]
         db = self.db
@@ -435,8 +440,13 @@ class Spool:
                 quar[0] += db.execute("INSERT OR IGNORE INTO quarantine VALUES "
                                       "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                       (*r, "pack does not decode (salvage)", now)).rowcount
-            elif db.execute("INSERT OR IGNORE INTO outbox (id, node, seq, received, pack, "
-                            "readings, t) VALUES (?, ?, ?, ?, ?, ?, ?)", r).rowcount:
+            elif not db.execute("SELECT 1 FROM outbox WHERE node = ? AND seq = ?",
+                                r[1:3]).fetchone():
+                if not db.execute("INSERT OR IGNORE INTO outbox (id, node, seq, received, pack, "
+                                  "readings, t) VALUES (?, ?, ?, ?, ?, ?, ?)", r).rowcount:
+                    # a resumed salvage: the id went to a frame taken since; a new one
+                    db.execute("INSERT INTO outbox (node, seq, received, pack, readings, t) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", r[1:])
                 seen(r[1], r[2], r[3])
 
         def quarantined(r):
@@ -455,6 +465,8 @@ class Spool:
             "SELECT name, value FROM tally": lambda r: small["tally"].__setitem__(*r),
         }
         with self.transaction():
+            db.execute("CREATE INDEX IF NOT EXISTS salvage_key ON outbox (node, seq)")
+            before = db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0]
             try:
                 src = self._connect(aside, "ro")
             except sqlite3.Error:
@@ -477,18 +489,19 @@ class Spool:
                 log.error("spool salvage: reading %s: %s", aside, exc)
             db.executemany("INSERT INTO floor VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
                            "SET seq = max(seq, excluded.seq)", small["floor"].items())
-            db.executemany("INSERT OR REPLACE INTO downlink VALUES (?, ?)",
-                           small["downlink"].items())
-            saved = db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0]
+            db.executemany("INSERT INTO downlink VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
+                           "SET seq = max(seq, excluded.seq)", small["downlink"].items())
+            saved = db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0] - before
             old = small["tally"]
             lost = None if old.get("rows") is None else max(0, old["rows"] - saved - quar[0])
             old = {k: v for k, v in old.items() if k not in ("rows", "readings")}
             for name, add in (("quarantined", quar[0]), ("salvaged", saved), ("lost", lost or 0)):
                 old[name] = old.get(name, 0) + add
-            db.executemany("UPDATE tally SET value = ? WHERE name = ?",
+            db.executemany("UPDATE tally SET value = value + ? WHERE name = ?",
                            [(v, k) for k, v in old.items() if type(v) is int])
             db.execute("INSERT INTO salvage VALUES (?, ?, ?, ?, ?, ?)",
                        (now, aside.name, cause, saved, quar[0], lost))
+            db.execute("DROP INDEX salvage_key")
         self.floor = dict(db.execute("SELECT node, seq FROM floor"))
         return saved, quar[0], lost
 

@@ -24,7 +24,8 @@ SECTOR = 512
 
 def load_apsw():
     """apsw sharing the stdlib's libsqlite3, or None (with the reason) when there is none."""
-    pattern = f"/usr/lib/python3/dist-packages/apsw/__init__{sysconfig.get_config_var('EXT_SUFFIX')}"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    pattern = f"/usr/lib/python3/dist-packages/apsw/__init__{suffix}"
     for path in glob.glob(pattern):
         spec = importlib.util.spec_from_file_location("apsw", path)
         apsw = importlib.util.module_from_spec(spec)

@@ -289,3 +289,24 @@ def test_random_damage_never_keeps_the_spool_down(tmp_path):
     sp.close()
     print(f"40 damaged copies: {salvaged} salvaged, {found_by_commit[0]} of them found by a "
           f"commit")
+
+
+def test_a_salvage_cut_short_resumes_at_the_next_start(tmp_path):
+    """The gateway died in the salvage (its transaction rolled back): the damaged file is kept
+    but nothing of it reached the fresh spool, which took new frames since. The next start
+    salvages it, and rows whose ids the new frames took get new ids."""
+    old = build(tmp_path / "old", rows=200, released=0)
+    old.close()
+    fresh = Spool(tmp_path / "s")
+    fresh.store([("new", k, 1.0, pack("new", k), 1) for k in range(5)])  # ids 1..5
+    fresh.close()
+    for suffix in ("", "-wal"):
+        src = tmp_path / "old" / f"spool.sqlite3{suffix}"
+        if src.exists():
+            src.rename(tmp_path / "s" / f"spool.sqlite3.damaged-20260101T000000Z{suffix}")
+    sp = Spool(tmp_path / "s")
+    got = {(n, s) for _, n, s, *_ in sp.oldest(10**6)}
+    assert len(got) == 245 and ("new", 0) in got and ("n0", 0) in got
+    assert sp.damage() and "resumed" in sp.damage() and "240 rows salvaged" in sp.damage()
+    sp.close()
+    assert Spool(tmp_path / "s").depth() == 245  # once only
