@@ -1,6 +1,10 @@
 """The durable spool: SQLite in WAL mode with synchronous=FULL. A frame is acked to its node only
 after its transaction commits; an outbox row is deleted only after the broker's PUBACK.
 
+A damaged file (SQLite keeps no page checksums; a failing card overwrites pages) is set aside
+and what is readable salvaged into a fresh one; a pack that no longer decodes is quarantined
+(docs/durability.md, "A damaged spool").
+
 Bounded by design (docs/durability.md): every query the service runs walks an index for at most
 one batch, the outbox depth is a counter kept by triggers, the WAL is checkpointed and truncated,
 `seen` (the de-dup set) is pruned by age and size, and the file never grows past the disk budget:
@@ -371,6 +375,7 @@ class Spool:
     def check(self) -> bool:
         """PRAGMA quick_check on a second connection (in WAL mode it blocks no commit); a damaged
         file is salvaged. It reads the whole file: the service runs it in a thread after start."""
+        inode = self.path.stat().st_ino
         try:
             db = self._connect(self.path, "ro")
             try:
@@ -384,7 +389,10 @@ class Spool:
             result = [str(exc)]
         if result == ["ok"]:
             return True
-        self.salvage(("quick_check: " + "; ".join(result[:3]))[:300])
+        with self.lock:
+            if self.path.stat().st_ino != inode:
+                return True  # salvaged meanwhile (a commit found it): the verdict was on the old
+            self.salvage(("quick_check: " + "; ".join(result[:3]))[:300])
         return False
 
     def damaged_files(self) -> list[Path]:
