@@ -364,9 +364,10 @@ class Spool:
         moved = 0
         with self.transaction():
             for i in ids:
-                moved += self.db.execute(
-                    "INSERT OR IGNORE INTO quarantine SELECT id, node, seq, received, pack, "
-                    "readings, t, ?, ? FROM outbox WHERE id = ?", (reason, time.time(), i)).rowcount
+                moved += self.db.execute(  # its own id: one a salvage kept may hold the row's
+                    "INSERT INTO quarantine (node, seq, received, pack, readings, t, reason, at) "
+                    "SELECT node, seq, received, pack, readings, t, ?, ? FROM outbox WHERE id = ?",
+                    (reason, time.time(), i)).rowcount
                 self.db.execute("DELETE FROM outbox WHERE id = ?", (i,))
             self.db.execute("UPDATE tally SET value = value + ? WHERE name = 'quarantined'",
                             (moved,))
