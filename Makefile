@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use: the broker, and the QEMU tier's emulator and cross compiler.
 # (gcc and libc6-dev build the host mpy-cross inside the QEMU recipe; chromium and its driver
-# test the gateway's status page)
+# test the gateway's status page; python3-apsw, linked to the system's libsqlite3, carries the
+# spool's power-loss test's file layer: tests/crashvfs.py)
 APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev gcc libc6-dev \
-	systemd chromium chromium-driver
+	systemd chromium chromium-driver python3-apsw
 APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze chromium chromedriver
 
 .PHONY: install demo test test-fast bench system-deps clean
@@ -28,6 +29,7 @@ system-deps:
 	@missing=""; for c in $(APT_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	test -f /usr/share/doc/libnewlib-arm-none-eabi/copyright || missing="$$missing newlib"; \
 	test -f /usr/include/stdio.h || missing="$$missing libc6-dev"; \
+	test -d /usr/lib/python3/dist-packages/apsw || missing="$$missing python3-apsw"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -45,6 +45,14 @@ class GatewayCollector:
             yield counter(f"spool_dropped_{what}",
                           f"{what.capitalize()} dropped over the disk budget (oldest intervals)",
                           sp[f"dropped_{what}"])
+        yield gauge("spool_damaged", "Damaged spool files set aside and kept (delete to clear)",
+                    sp["damaged"])
+        yield counter("spool_salvaged_rows", "Rows salvaged from damaged spool files",
+                      sp["salvaged"])
+        yield counter("spool_lost_rows", "Rows of damaged spool files that could not be read",
+                      sp["lost"])
+        yield counter("spool_quarantined_rows",
+                      "Rows kept in quarantine: their pack no longer decodes", sp["quarantined"])
         yield counter("spool_full", "Commits refused because the disk was full (not acked)",
                       gw.spool_full)
         yield counter("batches_published", "Batches acknowledged by the broker (PUBACK)",

@@ -19,7 +19,7 @@ from .ingest import Ingest, Link
 from .metrics import Metrics
 from .nodes import NodeTable, claimed_node
 from .registry import Registry
-from .spool import DUPLICATE, STALE, STORED, Spool, SpoolFull
+from .spool import DUPLICATE, STALE, STORED, Spool, SpoolDamaged, SpoolFull
 from .uplink import Uplink
 from .verify import Verifier, spool_entry
 
@@ -113,6 +113,9 @@ class Gateway:
             self.commit_began = time.monotonic()
             try:
                 outcomes = await asyncio.to_thread(self.spool.store, entries)
+            except SpoolDamaged as exc:  # set aside and salvaged: the nodes resend to the new one
+                log.error("spool: damaged in a commit, %d frames not acked: %s", len(batch), exc)
+                outcomes = []
             except SpoolFull as exc:
                 self.spool_full += 1
                 self.spool_full_at = time.monotonic()
@@ -172,6 +175,9 @@ class Gateway:
                 state = "connected" if self.uplink.connected else "not connected"
                 return False, (f"uplink stalled: {depth} frames spooled, none published for "
                                f"{silent:.0f} s ({state})")
+        damage = self.spool.damage()  # degraded, still acking and publishing: an operator's alarm
+        if damage:
+            return False, damage
         return True, "ok"
 
     async def watchdog(self, period: float) -> None:
@@ -225,7 +231,8 @@ class Gateway:
                          tg.create_task(self.uplink.run(), name="uplink"),
                          tg.create_task(self.uplink.messages(), name="commands in"),
                          tg.create_task(self.resend_commands(), name="commands out"),
-                         tg.create_task(self.time_sync(), name="time")]
+                         tg.create_task(self.time_sync(), name="time"),
+                         tg.create_task(asyncio.to_thread(self.spool.check), name="spool check")]
                 ingress = []
                 for url in self.cfg.listen:
                     host, port = url[len("tcp://"):].rsplit(":", 1)

@@ -1,6 +1,10 @@
 """The durable spool: SQLite in WAL mode with synchronous=FULL. A frame is acked to its node only
 after its transaction commits; an outbox row is deleted only after the broker's PUBACK.
 
+A damaged file (SQLite keeps no page checksums; a failing card overwrites pages) is set aside
+and what is readable salvaged into a fresh one; a pack that no longer decodes is quarantined
+(docs/durability.md, "A damaged spool").
+
 Bounded by design (docs/durability.md): every query the service runs walks an index for at most
 one batch, the outbox depth is a counter kept by triggers, the WAL is checkpointed and truncated,
 `seen` (the de-dup set) is pruned by age and size, and the file never grows past the disk budget:
@@ -13,6 +17,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+import cbor2
+
+from . import salvage
 
 log = logging.getLogger("sensorcity.gateway.spool")
 
@@ -30,6 +39,7 @@ PRUNE_CHUNK = 20_000       # rows per prune: a commit never waits on a long dele
 WAL_LIMIT = 8 * 2**20      # the WAL is truncated to this after a checkpoint
 
 STORED, DUPLICATE, STALE = "stored", "duplicate", "stale"
+DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -44,7 +54,13 @@ CREATE TABLE IF NOT EXISTS floor (node TEXT PRIMARY KEY, seq INTEGER NOT NULL) W
 CREATE TABLE IF NOT EXISTS downlink (node TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO tally VALUES ('rows', 0), ('readings', 0), ('dropped_frames', 0),
-    ('dropped_readings', 0), ('dropped_intervals', 0);
+    ('dropped_readings', 0), ('dropped_intervals', 0), ('quarantined', 0), ('salvaged', 0),
+    ('lost', 0);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, node, seq, received, pack, readings, t, reason TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS salvage (
+    at REAL NOT NULL, file TEXT NOT NULL, cause TEXT NOT NULL, salvaged INTEGER NOT NULL,
+    quarantined INTEGER NOT NULL, lost INTEGER);
 CREATE TRIGGER IF NOT EXISTS outbox_in AFTER INSERT ON outbox BEGIN
     UPDATE tally SET value = value + 1 WHERE name = 'rows';
     UPDATE tally SET value = value + NEW.readings WHERE name = 'readings'; END;
@@ -58,16 +74,66 @@ class SpoolFull(Exception):
     """The disk (not the budget) is full: nothing was stored, so nothing may be acked."""
 
 
+class SpoolDamaged(SpoolFull):
+    """The file was found damaged in a commit: nothing of it was stored (nothing may be acked);
+    the file was set aside and what was readable salvaged into a fresh one."""
+
+
+def damaged(exc: BaseException) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file, not the statement, is at fault."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and \
+        code & 0xFF in DAMAGE_CODES
+
+
+def _guarded(method):
+    """A read or release that meets a damaged file salvages it and runs once more on the fresh
+    one (ids survive a salvage, so a release still finds its rows)."""
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            self.salvage(f"{method.__name__}: {exc}")
+        return method(self, *args, **kwargs)
+    run.__name__, run.__doc__ = method.__name__, method.__doc__
+    return run
+
+
 class Spool:
     def __init__(self, directory: Path | str, max_mb: int = DEFAULT_MAX_MB,
-                 seen_seconds: float = SEEN_SECONDS, seen_max: int = SEEN_MAX):
+                 seen_seconds: float = SEEN_SECONDS, seen_max: int = SEEN_MAX,
+                 vfs: str | None = None):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "spool.sqlite3"
         self.seen_seconds = seen_seconds
         self.seen_max = seen_max
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db = self.db
+        self.vfs = vfs  # a test's fault-injecting file layer (tests/crashvfs.py); None: the OS
+        self.max_mb = max_mb
+        # one connection, used from the event loop and from worker threads: one user at a time
+        self.lock = threading.RLock()
+        self.pruned_at = 0.0
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):
+                raise
+            self.salvage(f"open: {exc}")
+        done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
+        for aside in self.damaged_files():  # a salvage cut short (a crash, a full disk) resumes
+            if aside.name not in done:
+                self._copy_readable(aside, "resumed: a salvage was cut short")
+                log.critical("spool: resumed the salvage of %s", aside)
+
+    def _connect(self, path: Path, mode: str = "rwc") -> sqlite3.Connection:
+        vfs = f"&vfs={self.vfs}" if self.vfs else ""
+        return sqlite3.connect(f"file:{quote(str(path))}?mode={mode}{vfs}", uri=True,
+                               isolation_level=None, check_same_thread=False)
+
+    def _open(self) -> None:
+        self.db = db = self._connect(self.path)
         db.execute(f"PRAGMA page_size={PAGE}")  # only takes on a new file
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
@@ -81,11 +147,8 @@ class Spool:
                        "WHERE name = 'readings'")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        self.set_budget(max_mb)
-        # one connection, used from the event loop and from worker threads: one user at a time
-        self.lock = threading.RLock()
+        self.set_budget(self.max_mb)
         self.floor = dict(db.execute("SELECT node, seq FROM floor"))
-        self.pruned_at = 0.0
 
     def _migrate(self) -> bool:
         """Version 1 (the walking skeleton): seen WITHOUT ROWID, outbox without t."""
@@ -127,19 +190,29 @@ class Spool:
 
     def transaction(self):
         """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception): one fsync for many frames."""
-        db, lock = self.db, self.lock
+        spool, lock = self, self.lock
 
         class _Tx:
             def __enter__(self):
                 lock.acquire()
-                db.execute("BEGIN IMMEDIATE")
+                self.db = spool.db  # read under the lock: a salvage may have replaced it
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                except BaseException:
+                    lock.release()
+                    raise
 
-            def __exit__(self, exc_type, *_):
+            def __exit__(self, exc_type, exc, _tb):
+                db = self.db
                 try:
                     if exc_type is None:
                         db.execute("COMMIT")
                     elif db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
-                        db.execute("ROLLBACK")
+                        try:
+                            db.execute("ROLLBACK")
+                        except sqlite3.DatabaseError:
+                            if not damaged(exc):
+                                raise
                 finally:
                     lock.release()
         return _Tx()
@@ -162,7 +235,10 @@ class Spool:
                 if pruned:
                     self.floor = dict(self.db.execute("SELECT node, seq FROM floor"))
                 return out
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
+                if damaged(exc):  # nothing of this batch is stored: set the file aside, no ack
+                    self.salvage(f"store: {exc}")
+                    raise SpoolDamaged(str(exc)) from exc
                 if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                     raise
                 if attempt == 0 and self._at_budget():
@@ -241,30 +317,37 @@ class Spool:
             log.warning("spool over its budget: dropped the %d oldest intervals (%d frames, "
                         "%d readings)", intervals, frames, readings)
 
+    @_guarded
     def stats(self) -> dict[str, int]:
-        """rows, readings (in the outbox), dropped_frames/_readings/_intervals (since the spool
-        was made), used_bytes and budget_bytes: all O(1)."""
+        """rows, readings (in the outbox), dropped_frames/_readings/_intervals, quarantined,
+        salvaged and lost (since the spool was made), used_bytes and budget_bytes: all O(1);
+        damaged: the damaged files kept beside the spool."""
         with self.lock:
             out = dict(self.db.execute("SELECT name, value FROM tally"))
             out["used_bytes"] = self.used_pages() * self.page_size
             out["budget_bytes"] = self.max_pages * self.page_size
+        out["damaged"] = len(self.damaged_files())
         return out
 
     # --- uplink side -----------------------------------------------------------------------
+    @_guarded
     def oldest(self, limit: int) -> list[tuple[int, str, int, float, bytes, int]]:
         with self.lock:
             return self.db.execute(
                 "SELECT id, node, seq, received, pack, readings FROM outbox ORDER BY id LIMIT ?",
                 (limit,)).fetchall()
 
+    @_guarded
     def release(self, ids: list[int]) -> None:
         with self.transaction():
             self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
+    @_guarded
     def depth(self) -> int:
         with self.lock:
             return self.db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0]
 
+    @_guarded
     def next_downlink_seq(self, node: str) -> int:
         with self.transaction():
             row = self.db.execute("SELECT seq FROM downlink WHERE node = ?", (node,)).fetchone()
@@ -272,3 +355,196 @@ class Spool:
             self.db.execute("INSERT OR REPLACE INTO downlink (node, seq) VALUES (?, ?)",
                             (node, seq))
         return seq
+
+    # --- damage: quarantine, check, salvage (docs/durability.md, "A damaged spool") -------
+    @_guarded
+    def quarantine(self, ids: list[int], reason: str) -> None:
+        """Move outbox rows that cannot be published (a pack that no longer decodes) into
+        `quarantine`: kept for salvage, counted, out of the way of the rows behind them."""
+        moved = 0
+        with self.transaction():
+            for i in ids:
+                moved += self.db.execute(  # its own id: one a salvage kept may hold the row's
+                    "INSERT INTO quarantine (node, seq, received, pack, readings, t, reason, at) "
+                    "SELECT node, seq, received, pack, readings, t, ?, ? FROM outbox WHERE id = ?",
+                    (reason, time.time(), i)).rowcount
+                self.db.execute("DELETE FROM outbox WHERE id = ?", (i,))
+            self.db.execute("UPDATE tally SET value = value + ? WHERE name = 'quarantined'",
+                            (moved,))
+        log.error("spool: %d rows quarantined (%s): ids %s", moved, reason, ids[:10])
+
+    def check(self) -> bool:
+        """PRAGMA quick_check on a second connection (in WAL mode it blocks no commit); a damaged
+        file is salvaged. It reads the whole file: the service runs it in a thread after start."""
+        inode = self.path.stat().st_ino
+        try:
+            db = self._connect(self.path, "ro")
+            try:
+                result = [r[0] for r in db.execute("PRAGMA quick_check")]
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            if not damaged(exc):  # busy, or out of memory: not a verdict on the file
+                log.warning("spool check did not run: %s", exc)
+                return True
+            result = [str(exc)]
+        if result == ["ok"]:
+            return True
+        with self.lock:
+            if self.path.stat().st_ino != inode:
+                return True  # salvaged meanwhile (a commit found it): the verdict was on the old
+            self.salvage(("quick_check: " + "; ".join(result[:3]))[:300])
+        return False
+
+    def damaged_files(self) -> list[Path]:
+        return sorted(p for p in self.path.parent.glob(self.path.name + ".damaged-*")
+                      if not p.name.endswith(("-wal", "-shm")))
+
+    def damage(self) -> str | None:
+        """The alarm's text while a damaged file is kept beside the spool, else None."""
+        files = self.damaged_files()
+        if not files:
+            return None
+        with self.lock:
+            row = self.db.execute("SELECT cause, salvaged, quarantined, lost FROM salvage "
+                                  "ORDER BY rowid DESC LIMIT 1").fetchone()
+        cause, saved, quar, lost = row or ("unknown", 0, 0, None)
+        return (f"spool damaged ({cause}): {saved} rows salvaged, {quar} quarantined, "
+                f"{'an unknown number' if lost is None else lost} lost; kept as {files[-1].name} "
+                f"(delete it to clear this alarm)")
+
+    def salvage(self, cause: str) -> None:
+        """Set the damaged file aside (with its -wal and -shm, as `<name>.damaged-<UTC time>`),
+        start a fresh spool and copy into it every row still readable."""
+        with self.lock:
+            try:
+                self.db.close()
+            except (AttributeError, sqlite3.Error):
+                pass
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside, k = self.path.with_name(f"{self.path.name}.damaged-{stamp}"), 0
+            while aside.exists():
+                k += 1
+                aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
+            for suffix in ("-wal", "-shm", ""):  # the database last: never a -wal without it
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    src.rename(f"{aside}{suffix}")
+            self._open()
+            saved, quar, lost = self._copy_readable(aside, cause)
+        log.critical("spool damaged (%s): set aside as %s; %d rows salvaged, %d quarantined, %s "
+                     "lost; a fresh spool takes new frames", cause, aside, saved, quar,
+                     "an unknown number" if lost is None else lost)
+
+    def _copy_readable(self, aside: Path, cause: str) -> tuple[int, int, int | None]:
+        """Rows stream into the fresh spool in one transaction (memory stays bounded whatever
+        the file's size); (node, seq) de-dups what both passes find (an index for the salvage's
+        length), ids are kept where free. A pack that does not decode goes to `quarantine`."""
+        small: dict[str, dict] = {"floor": {}, "downlink": {}, "tally": {}}
+        now, quar = time.time(), [0]
+        db = self.db
+
+        def outbox(r):
+            if not _decodes(r[4]):
+                quar[0] += db.execute("INSERT OR IGNORE INTO quarantine VALUES "
+                                      "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                      (*r, "pack does not decode (salvage)", now)).rowcount
+            elif not db.execute("SELECT 1 FROM outbox WHERE node = ? AND seq = ?",
+                                r[1:3]).fetchone():
+                if not db.execute("INSERT OR IGNORE INTO outbox (id, node, seq, received, pack, "
+                                  "readings, t) VALUES (?, ?, ?, ?, ?, ?, ?)", r).rowcount:
+                    # a resumed salvage: the id went to a frame taken since; a new one
+                    db.execute("INSERT INTO outbox (node, seq, received, pack, readings, t) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", r[1:])
+                seen(r[1], r[2], r[3])
+
+        def quarantined(r):
+            db.execute("INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", r)
+
+        def seen(node, seq, received):
+            db.execute("INSERT OR IGNORE INTO seen (node, seq, received) VALUES (?, ?, ?)",
+                       (node, seq, now if received is None else received))
+
+        reads = {  # 1. through SQLite, where the schema still reads: each table to its first error
+            "SELECT id, node, seq, received, pack, readings, t FROM outbox": outbox,
+            "SELECT * FROM quarantine": quarantined,
+            "SELECT node, seq, received FROM seen": lambda r: seen(*r),
+            "SELECT node, seq FROM floor": lambda r: small["floor"].__setitem__(*r),
+            "SELECT node, seq FROM downlink": lambda r: small["downlink"].__setitem__(*r),
+            "SELECT name, value FROM tally": lambda r: small["tally"].__setitem__(*r),
+        }
+        with self.transaction():
+            db.execute("CREATE INDEX IF NOT EXISTS salvage_key ON outbox (node, seq)")
+            before = db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0]
+            try:
+                src = self._connect(aside, "ro")
+            except sqlite3.Error:
+                src = None
+            for sql, keep in reads.items() if src else ():
+                try:
+                    for row in src.execute(sql):
+                        keep(row)
+                except sqlite3.Error:
+                    pass
+            if src:
+                src.close()
+            try:  # 2. page by page, what SQLite could not reach (salvage.py)
+                for rowid, v in salvage.records(aside, self.page_size):
+                    try:
+                        _classify(rowid, v, outbox, quarantined, seen)
+                    except sqlite3.Error as exc:  # a value SQLite will not take: that row only
+                        log.warning("spool salvage: a row skipped: %s", exc)
+            except OSError as exc:
+                log.error("spool salvage: reading %s: %s", aside, exc)
+            db.executemany("INSERT INTO floor VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
+                           "SET seq = max(seq, excluded.seq)", small["floor"].items())
+            db.executemany("INSERT INTO downlink VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
+                           "SET seq = max(seq, excluded.seq)", small["downlink"].items())
+            saved = db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0] - before
+            old = small["tally"]
+            lost = None if old.get("rows") is None else max(0, old["rows"] - saved - quar[0])
+            old = {k: v for k, v in old.items() if k not in ("rows", "readings")}
+            for name, add in (("quarantined", quar[0]), ("salvaged", saved), ("lost", lost or 0)):
+                old[name] = old.get(name, 0) + add
+            db.executemany("UPDATE tally SET value = value + ? WHERE name = ?",
+                           [(v, k) for k, v in old.items() if type(v) is int])
+            db.execute("INSERT INTO salvage VALUES (?, ?, ?, ?, ?, ?)",
+                       (now, aside.name, cause, saved, quar[0], lost))
+            db.execute("DROP INDEX salvage_key")
+        self.floor = dict(db.execute("SELECT node, seq FROM floor"))
+        return saved, quar[0], lost
+
+
+NUM, ANY = (int, float), object
+
+
+def _shape(values: list, kinds: tuple) -> bool:
+    """A salvaged record has a table's row shape: its length, and each value's type (None: a
+    NULL, as the rowid alias's place holds; ANY: any value)."""
+    if len(values) != len(kinds):
+        return False
+    for v, k in zip(values, kinds):
+        if (v is not None) if k is None else (k is not ANY and not isinstance(v, k)):
+            return False
+    return True
+
+
+def _classify(rowid, v, outbox, quarantined, seen) -> None:
+    """A record read off a page, to the table whose row it has the shape of (or nowhere)."""
+    if _shape(v, (None, str, int, NUM, bytes, int, NUM)):
+        outbox((rowid, *v[1:]))
+    elif _shape(v, (None, str, int, NUM, ANY, ANY, ANY, str, NUM)):
+        quarantined((rowid, *v[1:]))
+    elif _shape(v, (None, str, int, NUM)):
+        seen(*v[1:])
+    elif rowid is None and _shape(v, (str, int, int)):  # an entry of the seen_key index
+        seen(v[0], v[1], None)
+
+
+def _decodes(pack) -> bool:
+    """A pack the uplink can publish: CBOR of a list of SenML records (maps)."""
+    try:
+        records = cbor2.loads(pack)
+    except Exception:  # garbage can raise anything a decoder raises
+        return False
+    return isinstance(records, list) and all(isinstance(r, dict) for r in records)

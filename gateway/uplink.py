@@ -233,6 +233,8 @@ class Uplink:
 
     async def _publish(self, client: aiomqtt.Client, rows) -> None:
         payload, batch_id, readings = self.batch(rows)
+        if payload is None:
+            return  # every row was quarantined
         self.in_flight += 1  # back to 0 when the connection ends, whatever was pending
         await client.publish(self.topic, payload, qos=1, properties=self._props(batch_id),
                              timeout=30)
@@ -256,10 +258,21 @@ class Uplink:
             except (aiomqtt.MqttError, asyncio.TimeoutError):
                 pass
 
-    def batch(self, rows) -> tuple[bytes, str, int]:
+    def batch(self, rows) -> tuple[bytes | None, str, int]:
         """One SenML pack of the rows' records; each frame's records keep their base name/time."""
-        records = []
+        records, bad = [], []
         for row in rows:
-            records.extend(cbor2.loads(row[4]))
+            try:
+                pack = cbor2.loads(row[4])
+                if not isinstance(pack, list):
+                    raise ValueError("not a list")
+            except Exception:  # a damaged row: quarantined, it never blocks the rows behind it
+                bad.append(row[0])
+                continue
+            records.extend(pack)
+        if bad:  # rare: a short transaction on the loop
+            self.spool.quarantine(bad, "pack does not decode")
         batch_id = f"{self.gateway_id}:{rows[0][0]}-{rows[-1][0]}"
-        return cbor2.dumps(records), batch_id, sum(r[5] for r in rows)
+        if not records and bad:
+            return None, batch_id, 0
+        return cbor2.dumps(records), batch_id, sum(r[5] for r in rows if r[0] not in bad)
