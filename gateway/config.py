@@ -107,6 +107,7 @@ class Config:
     mqtt_version: int = 5
     session_expiry: int = 7 * 24 * 3600                  # seconds the broker keeps our session
     keepalive: int = 30                                  # MQTT keepalive (PINGREQ) seconds
+    replay_window: float = 10.0                          # re-sent to a broker that lost our session
     password_file: str = field(default_factory=lambda: default_password_file())
     spool: str = "/var/lib/sensorcity"
     spool_max_mb: int = DEFAULT_SPOOL_MB                 # disk budget; oldest intervals go above it
@@ -136,6 +137,8 @@ class Config:
             raise FatalError("no broker configured")
         if not 2 <= self.keepalive <= 65535:
             raise FatalError(f"keepalive {self.keepalive}: seconds, 2..65535")
+        if self.replay_window < 0:
+            raise FatalError(f"replay_window {self.replay_window}: seconds >= 0 (0: off)")
         self.broker_list()
         if bool(self.cert) != bool(self.key):
             raise FatalError("cert and key go together: set both or neither")

@@ -10,11 +10,18 @@ once they are batch_age old. So live readings keep their latency while history c
 A PUBACK is a delivery only when its MQTT 5 reason code is a success: a refusal (0x87 not
 authorized, 0x97 quota exceeded, ...) keeps the rows, is counted by reason and retried after a
 backoff. A connection that stops answering is found by MQTT keepalive (paho's PINGREQ), even
-with nothing to publish, and the uplink reconnects and subscribes again."""
+with nothing to publish, and the uplink reconnects and subscribes again.
+
+A broker may PUBACK and then forget (mosquitto saves its store after the PUBACK, so a kill -9
+in between loses the message; docs/durability.md). The batches acked in the `replay_window`
+seconds before the latest ack are kept in memory, and re-sent when a broker answers our CONNECT
+without our session (restarted without its state, or another broker): duplicates at worst,
+which the backend upserts."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import ssl
@@ -37,6 +44,7 @@ log = logging.getLogger("sensorcity.gateway.uplink")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STABLE = 10.0          # a connection that lasted this long resets the backoff
 REPLIES_MAX = 1000
+REPLAY_MAX = 20000     # frames kept for a replay at most (a few MB), whatever the window
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext:
@@ -67,6 +75,11 @@ class Client(aiomqtt.Client):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future] = {}
+        self.session_present = False
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        self.session_present = bool(flags.session_present)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         ack = self._acks.pop(mid, None)
@@ -131,6 +144,9 @@ class Uplink:
         self.replies_refused = 0
         self.last_progress = time.monotonic()
         self._lost = asyncio.Event()          # the message reader saw this connection end
+        self.recent: collections.deque = collections.deque()  # (monotonic, payload, id, frames)
+        self.recent_frames = 0
+        self.replayed_batches = 0
         self._refusal_backoff = BACKOFF_MIN
 
     def _client(self, broker: Broker) -> Client:
@@ -187,7 +203,36 @@ class Uplink:
             await client.subscribe(self.cmd_topic, qos=1)
         self.session.set()
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
+        if not client.session_present:
+            await self._replay(client)
         await self._publish_loop(client)
+
+    def _remember(self, payload: bytes, batch_id: str, frames: int) -> None:
+        """Kept: the batches acked within replay_window before the latest ack (the broker was
+        alive then; what it may lose is what it acked just before it died)."""
+        now = time.monotonic()
+        self.recent.append((now, payload, batch_id, frames))
+        self.recent_frames += frames
+        while self.recent and (self.recent[0][0] < now - self.cfg.replay_window or
+                               self.recent_frames > REPLAY_MAX):
+            self.recent_frames -= self.recent.popleft()[3]
+
+    async def _replay(self, client: Client) -> None:
+        """The broker has no session of ours: what it PUBACKed lately may be gone with it."""
+        if not self.recent:
+            return
+        log.warning("broker %s:%d has no session of ours (restarted without its state, or "
+                    "another broker): re-sending %d batches (%d frames) acknowledged in the "
+                    "last %g s before the last ack", self.broker.host, self.broker.port,
+                    len(self.recent), self.recent_frames, self.cfg.replay_window)
+        for _, payload, batch_id, _ in list(self.recent):
+            try:
+                await client.publish_checked(self.topic, payload,
+                                             properties=self._props(batch_id))
+            except PublishRefused as exc:
+                log.warning("replay of batch %s %s; not retried", batch_id, exc)
+                continue
+            self.replayed_batches += 1
 
     async def _until_lost(self, work) -> None:
         """Run the session until it ends or the connection is found dead (keepalive: paho
@@ -337,6 +382,8 @@ class Uplink:
         self._refusal_backoff = BACKOFF_MIN
         # a PUBACK that accepts: only now may the rows go
         await asyncio.to_thread(self.spool.release, [r[0] for r in rows])
+        if self.cfg.replay_window:
+            self._remember(payload, batch_id, len(rows))
         self.published_batches += 1
         self.published_readings += readings
         self.last_progress = time.monotonic()

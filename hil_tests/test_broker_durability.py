@@ -9,10 +9,12 @@ import os
 import signal
 import time
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from rigs.gateway import Mosquitto, wait_until
+from rigs.gateway import Gateway, Mosquitto, wait_until
+from sensorcity.gateway.spool import Spool
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.adversarial, pytest.mark.fault]
 REQUIRED = ("autosave_on_changes true", "autosave_interval 1")
@@ -23,17 +25,21 @@ class Sink:
     """A persistent subscriber session, MQTT 3.1.1 clean_session false: mosquitto 2.0.11 keeps
     such a session across a restart (an MQTT 5 session with an expiry interval it does not)."""
 
-    def __init__(self, broker):
-        self.broker, self.got = broker, set()
+    def __init__(self, broker, topic=TOPIC):
+        self.broker, self.topic, self.payloads = broker, topic, []
+
+    @property
+    def got(self) -> set:
+        return {p.decode() for p in self.payloads}
 
     def connect(self, subscribe=False):
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sink",
                         protocol=mqtt.MQTTv311, clean_session=False)
-        c.on_message = lambda cl, u, m: self.got.add(m.payload.decode())
+        c.on_message = lambda cl, u, m: self.payloads.append(m.payload)
         c.connect("127.0.0.1", self.broker.port)
         c.loop_start()
         if subscribe:
-            c.subscribe(TOPIC, qos=1)
+            c.subscribe(self.topic, qos=1)
             time.sleep(0.3)
         return c
 
@@ -109,4 +115,38 @@ def test_kill_9_after_puback(tmp_path, conf):
                f"max {windows[-1] * 1000:.0f} ms; looks every 50 ms)" if windows else ""))
     finally:
         sink.close(c)
+        broker.stop()
+
+
+def test_the_gateway_re_sends_what_a_broker_acked_and_forgot(tmp_path):
+    """mosquitto with its default persistence PUBACKs 20 readings and is killed -9 before it
+    saves them. It comes back without them and without the gateway's session: the gateway
+    re-sends the batches it had acked in the replay window, and the city's persistent session
+    gets every reading."""
+    broker = Mosquitto(tmp_path / "broker")
+    sink = Sink(broker, "sensorcity/v1/+/batch")
+    sink.close(sink.connect(subscribe=True))
+    broker.stop()                        # a clean stop saves the sink's session
+    broker.start()
+    gw = Gateway(tmp_path, [broker.url], replay_window=30)
+    node = gw.node()
+    published = "sensorcity_gateway_readings_published_total 20.0"
+    try:
+        for seq in range(20):
+            node.send(seq, value=500 + seq)
+        wait_until(lambda: published in gw.get("/metrics")[1], 20, "20 readings PUBACKed")
+        assert Spool(gw.spool).depth() == 0          # released: the broker has them, it says
+        broker.kill()
+        broker.start()
+        c = sink.connect()
+
+        def readings():
+            return {r[2] for p in list(sink.payloads) for r in cbor2.loads(p)}
+        wait_until(lambda: readings() >= set(range(500, 520)), 40, "every reading at the sink")
+        sink.close(c)
+        assert "has no session of ours" in gw.output()
+        assert "sensorcity_gateway_batches_replayed_total 0.0" not in gw.get("/metrics")[1]
+    finally:
+        node.close()
+        gw.stop()
         broker.stop()

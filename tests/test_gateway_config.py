@@ -61,6 +61,9 @@ BROKEN = {
     'mqtt_version = 6': "mqtt_version",
     'spool_max_mb = 1': "spool_max_mb 1: at least 4",
     'colour = "red"': "unknown setting 'colour'",
+    'keepalive = 1': "keepalive 1: seconds, 2..65535",
+    'replay_window = -1': "replay_window -1",
+    'password_file = "/nonexistent/pw"': "password_file /nonexistent/pw: No such file",
     'brokers = [': "config",
 }
 
