@@ -107,7 +107,7 @@ class Config:
     mqtt_version: int = 5
     session_expiry: int = 7 * 24 * 3600                  # seconds the broker keeps our session
     keepalive: int = 30                                  # MQTT keepalive (PINGREQ) seconds
-    replay_window: float = 10.0                          # re-sent to a broker that lost our session
+    replay_window: float = 10.0                          # s of acked batches re-sent after a lost link
     password_file: str = field(default_factory=lambda: default_password_file())
     spool: str = "/var/lib/sensorcity"
     spool_max_mb: int = DEFAULT_SPOOL_MB                 # disk budget; oldest intervals go above it

@@ -59,8 +59,9 @@ class GatewayCollector:
         for (code, reason), n in sorted(up.refused.items()):
             refused.add_metric([code, reason], n)
         yield refused
-        yield counter("batches_replayed", "Batches re-sent to a broker that had lost our "
-                      "session (duplicates the backend upserts)", up.replayed_batches)
+        yield counter("batches_replayed", "Acknowledged batches re-sent after a lost connection "
+                      "(the broker may have forgotten them; duplicates the backend upserts)",
+                      up.replayed_batches)
         yield counter("replies_refused", "Command replies the broker refused (not retried)",
                       up.replies_refused)
         yield gauge("uplink_connected", "1 while connected to a broker", int(up.connected))

@@ -13,10 +13,10 @@ backoff. A connection that stops answering is found by MQTT keepalive (paho's PI
 with nothing to publish, and the uplink reconnects and subscribes again.
 
 A broker may PUBACK and then forget (mosquitto saves its store after the PUBACK, so a kill -9
-in between loses the message; docs/durability.md). The batches acked in the `replay_window`
-seconds before the latest ack are kept in memory, and re-sent when a broker answers our CONNECT
-without our session (restarted without its state, or another broker): duplicates at worst,
-which the backend upserts."""
+in between loses the message, and it may still have our session, saved earlier;
+docs/durability.md). So the batches acked in the `replay_window` seconds before the latest ack
+are kept in memory and re-sent on the next connection whenever one was lost: duplicates at
+worst, which the backend upserts."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ log = logging.getLogger("sensorcity.gateway.uplink")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STABLE = 10.0          # a connection that lasted this long resets the backoff
 REPLIES_MAX = 1000
-REPLAY_MAX = 20000     # frames kept for a replay at most (a few MB), whatever the window
+REPLAY_MAX = 20000     # frames kept for a replay at most (their packs: ~10 MB at most)
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext:
@@ -75,11 +75,6 @@ class Client(aiomqtt.Client):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future] = {}
-        self.session_present = False
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
-        self.session_present = bool(flags.session_present)
-        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         ack = self._acks.pop(mid, None)
@@ -203,8 +198,7 @@ class Uplink:
             await client.subscribe(self.cmd_topic, qos=1)
         self.session.set()
         await client.publish(self.status_topic, b"online", qos=1, retain=True)
-        if not client.session_present:
-            await self._replay(client)
+        await self._replay(client)
         await self._publish_loop(client)
 
     def _remember(self, payload: bytes, batch_id: str, frames: int) -> None:
@@ -218,13 +212,13 @@ class Uplink:
             self.recent_frames -= self.recent.popleft()[3]
 
     async def _replay(self, client: Client) -> None:
-        """The broker has no session of ours: what it PUBACKed lately may be gone with it."""
+        """A connection was lost: what a broker acked just before may have died with it."""
         if not self.recent:
             return
-        log.warning("broker %s:%d has no session of ours (restarted without its state, or "
-                    "another broker): re-sending %d batches (%d frames) acknowledged in the "
-                    "last %g s before the last ack", self.broker.host, self.broker.port,
-                    len(self.recent), self.recent_frames, self.cfg.replay_window)
+        log.info("re-sending to %s:%d the %d batches (%d frames) acknowledged in the %g s "
+                 "before the connection was lost (a broker may ack and then forget)",
+                 self.broker.host, self.broker.port, len(self.recent), self.recent_frames,
+                 self.cfg.replay_window)
         for _, payload, batch_id, _ in list(self.recent):
             try:
                 await client.publish_checked(self.topic, payload,

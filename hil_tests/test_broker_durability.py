@@ -118,10 +118,45 @@ def test_kill_9_after_puback(tmp_path, conf):
         broker.stop()
 
 
+def test_which_sessions_survive_a_restart(tmp_path):
+    """The sink's kind (3.1.1, clean_session false) survives a clean restart; the result for an
+    MQTT 5 session with an expiry interval (the gateway's kind) is printed for the docs."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    broker = Mosquitto(tmp_path / "broker")
+    present = {}
+    try:
+        for name, version in (("v311", mqtt.MQTTv311), ("v5", mqtt.MQTTv5)):
+            for attempt in ("first", "after restart"):
+                c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name,
+                                protocol=version,
+                                clean_session=False if version == mqtt.MQTTv311 else None)
+                props = None
+                if version == mqtt.MQTTv5:
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = 7 * 24 * 3600
+                c.on_connect = lambda cl, u, flags, rc, p, k=(name, attempt): \
+                    present.__setitem__(k, flags.session_present)
+                c.connect("127.0.0.1", broker.port, clean_start=False, properties=props) \
+                    if version == mqtt.MQTTv5 else c.connect("127.0.0.1", broker.port)
+                c.loop_start()
+                wait_until(lambda: (name, attempt) in present, 10, "the CONNACK")
+                c.subscribe("x/y", qos=1)
+                time.sleep(0.3)
+                c.disconnect()
+                c.loop_stop()
+                broker.stop()
+                broker.start()
+        print(f"session present after a clean restart: {present}")
+        assert present[("v311", "after restart")] is True
+    finally:
+        broker.stop()
+
+
 def test_the_gateway_re_sends_what_a_broker_acked_and_forgot(tmp_path):
     """mosquitto with its default persistence PUBACKs 20 readings and is killed -9 before it
-    saves them. It comes back without them and without the gateway's session: the gateway
-    re-sends the batches it had acked in the replay window, and the city's persistent session
+    saves them; it comes back without them. The gateway re-sends, on its next connection, the
+    batches acked in the replay window before the last ack, and the city's persistent session
     gets every reading."""
     broker = Mosquitto(tmp_path / "broker")
     sink = Sink(broker, "sensorcity/v1/+/batch")
@@ -144,7 +179,7 @@ def test_the_gateway_re_sends_what_a_broker_acked_and_forgot(tmp_path):
             return {r[2] for p in list(sink.payloads) for r in cbor2.loads(p)}
         wait_until(lambda: readings() >= set(range(500, 520)), 40, "every reading at the sink")
         sink.close(c)
-        assert "has no session of ours" in gw.output()
+        assert "re-sending to 127.0.0.1" in gw.output()
         assert "sensorcity_gateway_batches_replayed_total 0.0" not in gw.get("/metrics")[1]
     finally:
         node.close()
