@@ -3,7 +3,11 @@
 node as a CMD frame; the node's ACK of that frame's sequence number becomes a reply on
 `.../cmd/<node>/ack`. Until then the command is resent, each time under a new sequence number (a
 node drops a number it has seen), so a node may apply a command twice: both ops are idempotent
-but for reboot, which then reboots twice at worst."""
+but for reboot, which then reboots twice at worst.
+
+A retained command is refused, never run: the broker hands it out again on every subscribe, so
+one `mosquitto_pub -r` would reboot a node on every gateway restart. (MQTT 5 subscribes with
+retain-as-published, so one published retained while we listen is refused as well.)"""
 
 from __future__ import annotations
 
@@ -61,6 +65,7 @@ class Commands:
         self.sent = 0
         self.acked_total = 0
         self.rejected = 0
+        self.retained = 0
         self.expired = 0
 
     def _answer(self, node: str, status: str, request_id=None, **extra) -> None:
@@ -69,13 +74,20 @@ class Commands:
             msg["id"] = request_id
         self.reply(f"{self.base}/cmd/{node}/ack", json.dumps(msg).encode())
 
-    def submit(self, topic: str, payload: bytes) -> None:
+    def submit(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """A message from `.../cmd/<node>`."""
         node = topic.rsplit("/", 1)[-1]
         try:
             req_id = json.loads(payload).get("id")
         except (ValueError, AttributeError, UnicodeDecodeError):
             req_id = None
+        if retain:
+            self.retained += 1
+            log.warning("retained command on %s refused (clear it: mosquitto_pub -r -n -t %s)",
+                        topic, topic)
+            self._answer(node, "rejected", req_id, error="retained: a command must not be "
+                         f"retained; clear it with an empty retained message on {topic}")
+            return
         try:
             if not self.known(node):
                 raise ValueError(f"unknown node {node!r}")

@@ -27,6 +27,33 @@ def default_registry() -> str:
     return "/etc/sensorcity/nodes.json"
 
 
+def default_password_file() -> str:
+    """Under systemd the MQTT password may come in as the credential `mqtt-password`."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and Path(creds, "mqtt-password").exists():
+        return str(Path(creds, "mqtt-password"))
+    return ""
+
+
+def shown(url: str) -> str:
+    """A broker URL as it may be printed: scheme, host and port, never its userinfo."""
+    u = urlparse(url if "://" in url else f"mqtt://{url}")
+    return f"{u.scheme}://{u.netloc.rpartition('@')[2]}"
+
+
+def read_password(path: str) -> str:
+    """The file's first line; one line naming the file (never its content) if unreadable."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FatalError(f"password_file {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    password = text.split("\n", 1)[0].rstrip("\r")
+    if not password:
+        raise FatalError(f"password_file {path}: empty (the password is its first line)")
+    return password
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -42,7 +69,7 @@ class Broker:
     port: int
     tls: bool
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, url: str, tls: bool | None = None) -> "Broker":
@@ -54,11 +81,13 @@ class Broker:
         except ValueError:
             port = -1
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname or port == -1:
-            raise FatalError(f"broker {url!r}: use mqtt://HOST:PORT or mqtts://HOST:PORT")
+            raise FatalError(f"broker {shown(url)!r}: use mqtt://HOST:PORT or "
+                             f"mqtts://HOST:PORT")
         secure = u.scheme == "mqtts" or tls is True
         if not secure and tls is None and not is_loopback(u.hostname):
-            raise FatalError(f"broker {url!r}: plain MQTT to a host that is not loopback; use "
-                             f"mqtts:// with ca/cert/key, or set tls = false to allow it")
+            raise FatalError(f"broker {shown(url)!r}: plain MQTT to a host that is not "
+                             f"loopback; use mqtts:// with ca/cert/key, or set tls = false to "
+                             f"allow it")
         return cls(u.hostname, port or (8883 if secure else 1883), secure, u.username,
                    u.password)
 
@@ -77,6 +106,9 @@ class Config:
     topic_prefix: str = "sensorcity/v1"
     mqtt_version: int = 5
     session_expiry: int = 7 * 24 * 3600                  # seconds the broker keeps our session
+    keepalive: int = 30                                  # MQTT keepalive (PINGREQ) seconds
+    replay_window: float = 10.0                          # s of acked batches re-sent after a lost link
+    password_file: str = field(default_factory=lambda: default_password_file())
     spool: str = "/var/lib/sensorcity"
     spool_max_mb: int = DEFAULT_SPOOL_MB                 # disk budget; oldest intervals go above it
     nodes: str = field(default_factory=lambda: default_registry())
@@ -104,8 +136,11 @@ class Config:
             raise FatalError("batch_max must be >= 1 and batch_age > 0")
         if not self.brokers:
             raise FatalError("no broker configured")
-        for url in self.brokers:
-            Broker.parse(url, self.tls)
+        if not 2 <= self.keepalive <= 65535:
+            raise FatalError(f"keepalive {self.keepalive}: seconds, 2..65535")
+        if self.replay_window < 0:
+            raise FatalError(f"replay_window {self.replay_window}: seconds >= 0 (0: off)")
+        self.broker_list()
         if bool(self.cert) != bool(self.key):
             raise FatalError("cert and key go together: set both or neither")
         for name in ("ca", "cert", "key"):
@@ -125,7 +160,17 @@ class Config:
             raise FatalError("session_expiry, drain must be >= 0; cmd_resend, stall > 0")
 
     def broker_list(self) -> list[Broker]:
-        return [Broker.parse(b, self.tls) for b in self.brokers]
+        """The brokers, each with the password of password_file (a URL may carry a user
+        name; a password there is accepted for old configs, but not beside password_file)."""
+        brokers = [Broker.parse(b, self.tls) for b in self.brokers]
+        if self.password_file:
+            password = read_password(self.password_file)
+            for url, b in zip(self.brokers, brokers):
+                if b.password is not None:
+                    raise FatalError(f"broker {shown(url)!r}: a password in the URL and "
+                                     f"password_file; keep only password_file")
+                b.password = password
+        return brokers
 
 
 def load(path: Path | str | None, **overrides) -> Config:
@@ -149,7 +194,7 @@ def load(path: Path | str | None, **overrides) -> Config:
     for k, v in overrides.items():
         if v is not None and v != []:
             values[k] = v
-    for k in ("nodes", "spool", "ca", "cert", "key"):
+    for k in ("nodes", "spool", "ca", "cert", "key", "password_file"):
         if isinstance(values.get(k), str):
             values[k] = os.path.expandvars(values[k])  # "$CREDENTIALS_DIRECTORY/client.key"
     cfg = Config(**values)
@@ -159,7 +204,8 @@ def load(path: Path | str | None, **overrides) -> Config:
         if not isinstance(v, expected) or (isinstance(v, bool) and bool not in
                                            (expected if isinstance(expected, tuple) else
                                             (expected,))):
-            raise FatalError(f"config {path}: {f.name} must be {f.type}, not {v!r}")
+            what = "" if f.name in ("brokers", "password_file") else f", not {v!r}"  # secrets
+            raise FatalError(f"config {path}: {f.name} must be {f.type}{what}")
         if f.type == "list[str]" and not all(isinstance(x, str) for x in v):
             raise FatalError(f"config {path}: {f.name} must be a list of strings")
     try:

@@ -61,6 +61,17 @@ class GatewayCollector:
                       up.published_readings)
         yield counter("backlog_rounds", "Publish rounds that drained a backlog",
                       up.backlog_batches)
+        refused = CounterMetricFamily(P + "batches_refused",
+                                      "Batches the broker refused (PUBACK reason code >= 0x80), "
+                                      "kept in the spool", labels=["code", "reason"])
+        for (code, reason), n in sorted(up.refused.items()):
+            refused.add_metric([code, reason], n)
+        yield refused
+        yield counter("batches_replayed", "Acknowledged batches re-sent after a lost connection "
+                      "(the broker may have forgotten them; duplicates the backend upserts)",
+                      up.replayed_batches)
+        yield counter("replies_refused", "Command replies the broker refused (not retried)",
+                      up.replies_refused)
         yield gauge("uplink_connected", "1 while connected to a broker", int(up.connected))
         yield counter("uplink_connects", "Successful broker connections", up.connects)
         yield counter("uplink_failures", "Broker connections that failed or dropped",
@@ -72,6 +83,8 @@ class GatewayCollector:
         yield counter("commands_acked", "Commands a node acknowledged", cmd.acked_total)
         yield counter("commands_rejected", "Command requests refused (bad JSON, op, node)",
                       cmd.rejected)
+        yield counter("commands_retained", "Retained command messages refused (never run)",
+                      cmd.retained)
         yield counter("commands_expired", "Commands given up after their time to live",
                       cmd.expired)
         yield gauge("commands_pending", "Commands waiting for a node's ack", len(cmd.pending))

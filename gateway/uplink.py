@@ -5,11 +5,23 @@ for the next attempt, on the next broker of the list.
 A backlog (more than one batch waiting) drains oldest first at full speed, and never starves
 live data: the id of the newest row when the backlog is found is its mark; each round publishes
 the oldest batch at or below the mark and, beside it, the oldest rows above the mark (live data)
-once they are batch_age old. So live readings keep their latency while history catches up."""
+once they are batch_age old. So live readings keep their latency while history catches up.
+
+A PUBACK is a delivery only when its MQTT 5 reason code is a success: a refusal (0x87 not
+authorized, 0x97 quota exceeded, ...) keeps the rows, is counted by reason and retried after a
+backoff. A connection that stops answering is found by MQTT keepalive (paho's PINGREQ), even
+with nothing to publish, and the uplink reconnects and subscribes again.
+
+A broker may PUBACK and then forget (mosquitto saves its store after the PUBACK, so a kill -9
+in between loses the message, and it may still have our session, saved earlier;
+docs/durability.md). So the batches acked in the `replay_window` seconds before the latest ack
+are kept in memory and re-sent on the next connection whenever one was lost: duplicates at
+worst, which the backend upserts."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import ssl
@@ -17,18 +29,22 @@ import time
 
 import aiomqtt
 import cbor2
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import FatalError
 from .config import Broker, Config
 from .spool import Spool
 
-__all__ = ["Broker", "Uplink", "tls_context"]
+__all__ = ["Broker", "PublishRefused", "Uplink", "tls_context"]
 log = logging.getLogger("sensorcity.gateway.uplink")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STABLE = 10.0          # a connection that lasted this long resets the backoff
 REPLIES_MAX = 1000
+REPLAY_MAX = 20000     # frames kept for a replay at most (their packs: ~10 MB at most)
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext:
@@ -41,6 +57,50 @@ def tls_context(cfg: Config) -> ssl.SSLContext:
         raise FatalError(f"TLS files (ca {cfg.ca or 'system'}, cert {cfg.cert or 'none'}): "
                          f"{exc}") from exc
     return ctx
+
+
+class PublishRefused(aiomqtt.MqttError):
+    """The broker answered a publish with a failure reason code: it has not taken the message."""
+
+    def __init__(self, reason: ReasonCode):
+        super().__init__(f"refused with reason code {reason.value:#04x} ({reason})")
+        self.reason = reason
+
+
+class Client(aiomqtt.Client):
+    """aiomqtt resolves a QoS 1 publish on any PUBACK, whatever its reason code (paho issues
+    #474, #895). paho's v2 on_publish callback does hand over the code; this client keeps it
+    for `publish_checked`, which raises PublishRefused on a failure code."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._acks: dict[int, asyncio.Future] = {}
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        ack = self._acks.pop(mid, None)
+        if ack is not None and not ack.done():
+            ack.set_result(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, *, retain: bool = False,
+                              properties: Properties | None = None,
+                              timeout: float = 30) -> ReasonCode | None:
+        """QoS 1; returns the PUBACK's reason code (None for MQTT 3.1.1, which has none)."""
+        ack = asyncio.get_running_loop().create_future()
+        # the PUBACK is read on this loop, so it cannot come before the future is registered
+        info = self._client.publish(topic, payload, 1, retain, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        self._acks[info.mid] = ack
+        try:
+            reason = await asyncio.wait_for(ack, timeout)
+        except asyncio.TimeoutError:
+            raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s") from None
+        finally:
+            self._acks.pop(info.mid, None)
+        if isinstance(reason, ReasonCode) and reason.is_failure:
+            raise PublishRefused(reason)
+        return reason if isinstance(reason, ReasonCode) else None
 
 
 class Uplink:
@@ -60,7 +120,7 @@ class Uplink:
         self._tls = tls_context(cfg) if any(b.tls for b in self.brokers) else None
         self.wake = asyncio.Event()
         self.replies: asyncio.Queue = asyncio.Queue(REPLIES_MAX)
-        self.client: aiomqtt.Client | None = None
+        self.client: Client | None = None
         self.session = asyncio.Event()       # set while connected
         self.on_message = None               # callback(topic, payload) for commands
         self.on_published = None             # callback(rows) for metrics and latency
@@ -75,24 +135,31 @@ class Uplink:
         self.connects = 0
         self.failures = 0
         self.replies_dropped = 0
+        self.refused: dict[tuple[str, str], int] = {}  # (code, reason) -> batches refused
+        self.replies_refused = 0
         self.last_progress = time.monotonic()
         # for the status page (gateway/status.py): wall clock times, batches awaiting a PUBACK
         self.connected_at: float | None = None
         self.last_puback: float | None = None
         self.in_flight = 0
+        self._lost = asyncio.Event()          # the message reader saw this connection end
+        self.recent: collections.deque = collections.deque()  # (monotonic, payload, id, frames)
+        self.recent_frames = 0
+        self.replayed_batches = 0
+        self._refusal_backoff = BACKOFF_MIN
 
-    def _client(self, broker: Broker) -> aiomqtt.Client:
+    def _client(self, broker: Broker) -> Client:
         v5 = self.version == aiomqtt.ProtocolVersion.V5
         props = None
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry
         will = aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True)
-        return aiomqtt.Client(
+        return Client(
             broker.host, broker.port, identifier=f"sensorcity-{self.gateway_id}",
             protocol=self.version, will=will, properties=props,
             tls_context=self._tls if broker.tls else None,
-            username=broker.username, password=broker.password, keepalive=30,
+            username=broker.username, password=broker.password, keepalive=self.cfg.keepalive,
             clean_session=None if v5 else False, clean_start=False if v5 else 3,
             max_inflight_messages=20, timeout=10)
 
@@ -108,18 +175,15 @@ class Uplink:
                     self.connects += 1
                     self.connected_at = time.time()
                     self._mark = None
+                    self._lost.clear()
                     log.info("connected to %s:%d%s", broker.host, broker.port,
                              " (TLS)" if broker.tls else "")
-                    await client.subscribe(self.cmd_topic, qos=1)
-                    self.session.set()
-                    await client.publish(self.status_topic, b"online", qos=1, retain=True)
-                    await self._publish_loop(client)
+                    await self._until_lost(self._session(client))
             except aiomqtt.MqttError as exc:
                 self.failures += 1
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
                 self.connected = False
-                self.in_flight = 0
                 self.client = None
                 self.session.clear()
             if time.monotonic() - began > STABLE:
@@ -127,6 +191,63 @@ class Uplink:
             index += 1
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))  # jitter: no thundering herd
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self, client: Client) -> None:
+        # MQTT 5: retain-as-published, so a command published retained is seen as such even
+        # while we are subscribed (commands.py refuses it)
+        options = SubscribeOptions(qos=1, retainAsPublished=True) \
+            if self.version == aiomqtt.ProtocolVersion.V5 else None
+        if options:
+            await client.subscribe(self.cmd_topic, options=options)
+        else:
+            await client.subscribe(self.cmd_topic, qos=1)
+        self.session.set()
+        await client.publish(self.status_topic, b"online", qos=1, retain=True)
+        await self._replay(client)
+        await self._publish_loop(client)
+
+    def _remember(self, payload: bytes, batch_id: str, frames: int) -> None:
+        """Kept: the batches acked within replay_window before the latest ack (the broker was
+        alive then; what it may lose is what it acked just before it died)."""
+        now = time.monotonic()
+        self.recent.append((now, payload, batch_id, frames))
+        self.recent_frames += frames
+        while self.recent and (self.recent[0][0] < now - self.cfg.replay_window or
+                               self.recent_frames > REPLAY_MAX):
+            self.recent_frames -= self.recent.popleft()[3]
+
+    async def _replay(self, client: Client) -> None:
+        """A connection was lost: what a broker acked just before may have died with it."""
+        if not self.recent:
+            return
+        log.info("re-sending to %s:%d the %d batches (%d frames) acknowledged in the %g s "
+                 "before the connection was lost (a broker may ack and then forget)",
+                 self.broker.host, self.broker.port, len(self.recent), self.recent_frames,
+                 self.cfg.replay_window)
+        for _, payload, batch_id, _ in list(self.recent):
+            try:
+                await client.publish_checked(self.topic, payload,
+                                             properties=self._props(batch_id))
+            except PublishRefused as exc:
+                log.warning("replay of batch %s %s; not retried", batch_id, exc)
+                continue
+            self.replayed_batches += 1
+
+    async def _until_lost(self, work) -> None:
+        """Run the session until it ends or the connection is found dead (keepalive: paho
+        closes it when a PINGREQ goes unanswered; the message reader then sets _lost)."""
+        task = asyncio.ensure_future(work)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (task, lost):
+                t.cancel()
+            await asyncio.gather(task, lost, return_exceptions=True)
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+        raise aiomqtt.MqttError(f"connection lost (no answer within keepalive "
+                                f"{self.cfg.keepalive} s, or closed)")
 
     async def messages(self):
         """Commands from the broker, for the life of the service (one task, across reconnects)."""
@@ -140,12 +261,15 @@ class Uplink:
                 async for msg in client.messages:
                     if self.on_message:
                         try:
-                            self.on_message(str(msg.topic), bytes(msg.payload or b""))
+                            self.on_message(str(msg.topic), bytes(msg.payload or b""),
+                                            bool(msg.retain))
                         except Exception:  # a bad message must not end the service
                             log.exception("command on %s", msg.topic)
             except aiomqtt.MqttError:
-                pass
-            await asyncio.sleep(0.1)
+                if client is self.client:
+                    self._lost.set()   # the connection is gone: the uplink reconnects
+            while self.client is client:
+                await asyncio.sleep(0.1)  # until the uplink has left this connection
 
     def reply(self, topic: str, payload: bytes) -> None:
         """Queue a small message (a command's ack); the oldest is dropped when full."""
@@ -163,12 +287,16 @@ class Uplink:
         props.ContentType = "application/senml+cbor"
         return props
 
-    async def _send_replies(self, client: aiomqtt.Client) -> None:
+    async def _send_replies(self, client: Client) -> None:
         while not self.replies.empty():
             topic, payload = self.replies.get_nowait()
-            await client.publish(topic, payload, qos=1, timeout=30)
+            try:
+                await client.publish_checked(topic, payload)
+            except PublishRefused as exc:  # an ack is not data: counted, logged, not retried
+                self.replies_refused += 1
+                log.warning("reply on %s %s", topic, exc)
 
-    async def _publish_loop(self, client: aiomqtt.Client):
+    async def _publish_loop(self, client: Client):
         while True:
             await self._send_replies(client)
             self.wake.clear()  # before looking: a commit from now on wakes the next wait
@@ -183,7 +311,8 @@ class Uplink:
                 if len(oldest) < self.batch_max and age < self.batch_age and not self.draining:
                     await self._idle(self.batch_age - age)
                     continue
-                await self._publish(client, oldest)
+                if not await self._publish(client, oldest):
+                    await self._back_off()
                 continue
             # a backlog: its oldest batch at once, and live rows once they are batch_age old
             if live and not (now - live[0][3] >= self.batch_age or
@@ -196,6 +325,13 @@ class Uplink:
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
+            if not all(results):
+                await self._back_off()
+
+    async def _back_off(self) -> None:
+        """After a refusal: the rows stay, the next try waits 0.5 s doubling to 30 s."""
+        await asyncio.sleep(self._refusal_backoff * random.uniform(0.5, 1.5))
+        self._refusal_backoff = min(self._refusal_backoff * 2, BACKOFF_MAX)
 
     async def _idle(self, seconds: float) -> None:
         if self.replies.empty():
@@ -231,22 +367,34 @@ class Uplink:
         with self.spool.lock:
             return self.spool.db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
 
-    async def _publish(self, client: aiomqtt.Client, rows) -> None:
+    async def _publish(self, client: Client, rows) -> bool:
+        """True when the broker took the batch (and its rows are released)."""
         payload, batch_id, readings = self.batch(rows)
         if payload is None:
-            return  # every row was quarantined
-        self.in_flight += 1  # back to 0 when the connection ends, whatever was pending
-        await client.publish(self.topic, payload, qos=1, properties=self._props(batch_id),
-                             timeout=30)
-        self.in_flight -= 1
-        # PUBACK received: only now may the rows go
+            return True  # every row was quarantined: nothing to send
+        self.in_flight += 1
+        try:
+            await client.publish_checked(self.topic, payload, properties=self._props(batch_id))
+        except PublishRefused as exc:
+            key = (f"{exc.reason.value:#04x}", str(exc.reason))
+            self.refused[key] = self.refused.get(key, 0) + 1
+            log.warning("batch %s (%d readings) %s; kept in the spool, retried after a backoff",
+                        batch_id, readings, exc)
+            return False
+        finally:
+            self.in_flight -= 1
+        self._refusal_backoff = BACKOFF_MIN
+        # a PUBACK that accepts: only now may the rows go
         await asyncio.to_thread(self.spool.release, [r[0] for r in rows])
+        if self.cfg.replay_window:
+            self._remember(payload, batch_id, len(rows))
         self.published_batches += 1
         self.published_readings += readings
         self.last_progress = time.monotonic()
         self.last_puback = time.time()
         if self.on_published:
             self.on_published(rows)
+        return True
 
     async def goodbye(self) -> None:
         """On a clean stop: the retained status says offline (a will is only sent on a crash)."""

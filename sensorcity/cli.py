@@ -45,9 +45,10 @@ def _gateway_check(a):
     if any(b.tls for b in brokers):
         tls_context(cfg)  # the CA, certificate and key load, and the key fits the certificate
     shown = ", ".join(f"{'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}" for b in brokers)
+    password = f", password from {cfg.password_file}" if cfg.password_file else ""
     print(f"config ok: gateway {cfg.gateway_id}, {len(cfg.listen)} TCP listeners, "
-          f"{len(cfg.serial)} serial patterns, {len(reg.nodes)} nodes, brokers {shown}, "
-          f"metrics {cfg.metrics or 'off'}, status page {_page_rule(cfg)}")
+          f"{len(cfg.serial)} serial patterns, {len(reg.nodes)} nodes, brokers {shown}"
+          f"{password}, metrics {cfg.metrics or 'off'}, status page {_page_rule(cfg)}")
 
 
 def _page_rule(cfg) -> str:

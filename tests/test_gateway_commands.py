@@ -3,6 +3,8 @@ until the node acks one of them, answered once on the ack topic."""
 
 import json
 
+import pytest
+
 from sensorcity.gateway import commands
 from sensorcity.gateway.commands import Commands
 
@@ -96,3 +98,18 @@ def test_pending_commands_are_bounded(monkeypatch):
         r.c.submit(f"{BASE}/cmd/n1", b'{"op": "reboot"}')
     assert len(r.c.pending) == 3
     assert [m["status"] for _, m in r.replies] == ["rejected", "rejected"]
+
+
+@pytest.mark.adversarial
+def test_a_retained_command_is_refused_never_sent():
+    """One `mosquitto_pub -r` by mistake must not reboot the node on every subscribe."""
+    r = Rig()
+    for _ in range(3):  # the broker hands it out again on each (re)subscribe
+        r.c.submit(f"{BASE}/cmd/n1", json.dumps({"op": "reboot", "id": "r9"}).encode(),
+                   retain=True)
+    assert r.sent == [] and r.c.pending == [] and r.c.retained == 3
+    topic, ack = r.replies[0]
+    assert topic == f"{BASE}/cmd/n1/ack" and len(r.replies) == 3
+    assert ack["status"] == "rejected" and ack["id"] == "r9" and "retained" in ack["error"]
+    r.c.submit(f"{BASE}/cmd/n1", json.dumps({"op": "reboot"}).encode())  # not retained: runs
+    assert [b for _, b, _ in r.sent] == [{"op": "reboot"}]

@@ -1,6 +1,7 @@
 """Gateway config: TLS on by default for any broker that is not loopback, every broken config
 refused with one line (exit 2 from the CLI), flags over the file."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,9 @@ BROKEN = {
     'mqtt_version = 6': "mqtt_version",
     'spool_max_mb = 1': "spool_max_mb 1: at least 4",
     'colour = "red"': "unknown setting 'colour'",
+    'keepalive = 1': "keepalive 1: seconds, 2..65535",
+    'replay_window = -1': "replay_window -1",
+    'password_file = "/nonexistent/pw"': "password_file /nonexistent/pw: No such file",
     'brokers = [': "config",
 }
 
@@ -97,3 +101,68 @@ def test_a_key_that_does_not_fit_the_certificate_is_refused(tmp_path):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "TLS files" in out.stderr
+
+
+SECRET = "s3cret-Pa55"
+
+
+@pytest.mark.adversarial
+def test_password_from_a_file_or_the_systemd_credential(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    pw = tmp_path / "mqtt-password"
+    pw.write_text(SECRET + "\n")
+    p = write(tmp_path, f'brokers = ["mqtt://gw@127.0.0.1:1", "mqtt://127.0.0.1:2"]\n'
+                        f'password_file = "{pw}"\n')
+    brokers = config.load(p).broker_list()
+    assert [(b.username, b.password) for b in brokers] == [("gw", SECRET), (None, SECRET)]
+    assert SECRET not in repr(brokers)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text(SECRET)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    p = write(tmp_path, 'brokers = ["mqtt://gw@127.0.0.1:1"]\n')
+    assert config.load(p).broker_list()[0].password == SECRET
+    p = write(tmp_path, 'brokers = ["mqtt://gw@127.0.0.1:1"]\n'
+                        'password_file = "$CREDENTIALS_DIRECTORY/mqtt-password"\n')
+    assert config.load(p).broker_list()[0].password == SECRET
+
+
+def check_config(path, **env):
+    import os
+    return subprocess.run([SENSORCITY, "gateway", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("text", [
+    f'brokers = ["mqtt://gw:{SECRET}@10.0.0.5:1883"]',            # plain to a remote host
+    f'brokers = ["ftp://gw:{SECRET}@10.0.0.5"]',                  # a bad scheme
+    f'brokers = "mqtt://gw:{SECRET}@127.0.0.1"',                  # not a list
+    f'brokers = ["mqtt://gw:{SECRET}@127.0.0.1"]\npassword_file = "PW"',  # both
+])
+def test_the_password_is_never_printed_in_errors(tmp_path, text):
+    (tmp_path / "pw").write_text("other\n")
+    out = check_config(write(tmp_path, text.replace("PW", str(tmp_path / "pw")) + "\n"
+                             + f'nodes = "{tmp_path}/none.json"\n'))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert SECRET not in out.stderr + out.stdout and "gw:" not in out.stderr
+
+
+@pytest.mark.adversarial
+def test_check_config_shows_brokers_without_userinfo(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text(SECRET)
+    for text in (f'brokers = ["mqtt://gw:{SECRET}@127.0.0.1:1883"]',
+                 f'brokers = ["mqtt://gw@127.0.0.1:1883"]\npassword_file = "{pw}"'):
+        out = check_config(write(tmp_path, text + f'\nnodes = "{tmp_path}/none.json"\n'))
+        assert out.returncode == 0, out.stderr
+        assert "brokers mqtt://127.0.0.1:1883" in out.stdout
+        assert SECRET not in out.stdout + out.stderr
+    pw.write_text("")
+    out = check_config(tmp_path / "gw.toml")
+    assert out.returncode == 2 and "password_file" in out.stderr and "empty" in out.stderr
+    pw.chmod(0)
+    out = check_config(tmp_path / "gw.toml")
+    if os.geteuid() != 0:  # root reads it anyway
+        assert out.returncode == 2 and "Permission denied" in out.stderr
