@@ -8,7 +8,7 @@ APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi 
 	systemd
 APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze
 
-.PHONY: install demo test test-fast bench system-deps clean
+.PHONY: install demo test test-fast bench system-deps clean dist
 
 install: $(VENV)/.installed
 
@@ -45,5 +45,9 @@ test: install system-deps
 bench: install system-deps
 	$(BIN)/python bench/run.py
 
+# the wheel and sdist (the wheel built from the sdist), into dist/
+dist: install
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
