@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 # Debian packages the tests use: the broker, and the QEMU tier's emulator and cross compiler.
 # (gcc and libc6-dev build the host mpy-cross inside the QEMU recipe)
 APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev gcc libc6-dev \
-	systemd
-APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze
+	systemd lintian
+APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze lintian
 
-.PHONY: install demo test test-fast bench system-deps clean dist
+.PHONY: install demo test test-fast bench system-deps clean dist deb
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,10 @@ test: install system-deps
 
 bench: install system-deps
 	$(BIN)/python bench/run.py
+
+# the gateway's Debian package (packaging/deb/, docs/deployment.md), into dist/
+deb: install
+	sh packaging/deb/build.sh $(BIN)/python dist
 
 # the wheel and sdist (the wheel built from the sdist), into dist/
 dist: install

@@ -91,13 +91,22 @@ def test_core_install_runs_the_gateway_to_mosquitto(core, dist, tmp_path):
     site = next((core / "lib").glob("python3*/site-packages"))
     for absent in ("numpy", "amqtt", "esptool", "mpremote", "micropython", "gateway", "tools"):
         assert not (site / absent).exists(), absent
+    gateway_carries_a_frame(core / "bin/sensorcity", tmp_path)
+    p = _run([core / "bin/sensorcity", "gateway", "check-config", "--config", tmp_path / "gw.toml"],
+             tmp_path)
+    assert p.stdout.startswith("config ok: gateway gw1"), p.stdout
+
+
+def gateway_carries_a_frame(exe, tmp_path, value=4321):
+    """`exe gateway run` against a real mosquitto: a frame from the protocol codec is acked and
+    its reading reaches the broker; SIGTERM ends the gateway with exit 0."""
     broker = Mosquitto(tmp_path / "broker")
     sub = Subscriber(broker, ["sensorcity/v1/+/batch"])
-    gw = Gateway(tmp_path, [broker.url], exe=str(core / "bin/sensorcity"))
+    gw = Gateway(tmp_path, [broker.url], exe=str(exe))
     node = gw.node()
     try:
-        node.send(1, value=4321)
-        wait_until(lambda: any(r[2] == 4321 for _, _, payload, _, _ in sub.on("/batch")
+        node.send(1, value=value)
+        wait_until(lambda: any(r[2] == value for _, _, payload, _, _ in sub.on("/batch")
                                for r in cbor2.loads(payload)), 20,
                    "the frame's reading on the broker")
         assert 1 in node.acked
@@ -107,9 +116,6 @@ def test_core_install_runs_the_gateway_to_mosquitto(core, dist, tmp_path):
         sub.close()
         broker.stop()
     assert gw.proc.returncode == 0, gw.output()
-    p = _run([core / "bin/sensorcity", "gateway", "check-config", "--config", tmp_path / "gw.toml"],
-             tmp_path)
-    assert p.stdout.startswith("config ok: gateway gw1"), p.stdout
 
 
 @pytest.mark.parametrize("argv, extra", [
