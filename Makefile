@@ -12,7 +12,7 @@ APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[test]'

@@ -153,6 +153,19 @@ def test_sim_install_runs_the_demo(sim, tmp_path):
     assert int(last.split()[1]) > 0 and " from 3 nodes " in last, last
 
 
+@pytest.mark.qemu
+def test_sim_install_finds_the_qemu_image_its_recipe_builds(sim, tmp_path):
+    # the recipe is package data and builds into ~/.cache/sensorcity/qemu/, keyed by a hash of
+    # its files: the installed recipe names the image the checkout's builds (or has built)
+    from sensorcity.tools.sim.qemu import ensure_built
+    want = ensure_built()
+    p = _run([sim / "bin/python", "-c",
+              "from sensorcity.tools.sim.qemu import ensure_built; print(ensure_built())"],
+             tmp_path, timeout=1800)
+    assert p.stdout.strip() == str(want)
+    assert not str(want).startswith(str(sim))
+
+
 def test_core_dependencies_resolve_for_a_pi(dist, tmp_path):
     # a 64-bit Raspberry Pi OS (Debian bookworm, CPython 3.11), from wheels only: the gateway's
     # dependencies as the wheel itself declares them (PyPI, or pip's cache)
