@@ -7,14 +7,15 @@ BIN := $(VENV)/bin
 # test the gateway's status page; python3-apsw, linked to the system's libsqlite3, carries the
 # spool's power-loss test's file layer: tests/crashvfs.py)
 APT_PKGS := mosquitto qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi dpkg-dev gcc libc6-dev \
-	systemd chromium chromium-driver python3-apsw
-APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze chromium chromedriver
+	systemd chromium chromium-driver python3-apsw lintian
+APT_CMDS := mosquitto qemu-system-arm arm-none-eabi-gcc dpkg-source gcc systemd-analyze chromium chromedriver \
+	lintian
 
-.PHONY: install demo test test-fast bench system-deps clean
+.PHONY: install demo test test-fast bench system-deps clean dist deb test-pi
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[test]'
@@ -48,5 +49,24 @@ test: install system-deps
 bench: install system-deps
 	$(BIN)/python bench/run.py
 
+# The .deb on a Pi's architecture: an arm64 Debian root (mmdebstrap, cached in
+# ~/.cache/sensorcity/pi-rootfs/) run through qemu-user; minutes the first time, root only
+# (docs/deployment.md). Its own target: the first run takes longer than make test may.
+PI_APT_PKGS := mmdebstrap qemu-user-static binfmt-support arch-test
+test-pi: install system-deps
+	@command -v mmdebstrap >/dev/null && test -e /usr/libexec/qemu-binfmt/aarch64-binfmt-P || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PI_APT_PKGS)) >/dev/null || exit 1; \
+	  else echo "missing: run sudo apt-get install -y $(PI_APT_PKGS)"; exit 1; fi
+	SENSORCITY_TEST_PI=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider hil_tests/test_pi.py
+
+# the gateway's Debian package (packaging/deb/, docs/deployment.md), into dist/
+deb: install
+	sh packaging/deb/build.sh $(BIN)/python dist
+
+# the wheel and sdist (the wheel built from the sdist), into dist/
+dist: install
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

