@@ -18,7 +18,8 @@ import pytest
 from rigs.gateway import Gateway, Mosquitto, wait_until
 from rigs.targets import SENSORCITY
 from sensorcity.protocol import frames
-from sensorcity.tools.bench.provision import SENSORS, provision
+from sensorcity.kinds import NAMES as SENSORS
+from sensorcity.tools.bench.provision import provision
 from sensorcity.tools.sim.emulate import EmulatedNode
 
 pytestmark = pytest.mark.mosquitto
