@@ -25,6 +25,8 @@ class Verifier:
         self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
         self.accepted = 0
         self.control_seq: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}  # the epoch of each node's last accepted hello
+        self.floors: dict[str, int] = {}  # the first sequence floor handed to that epoch
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
@@ -50,12 +52,26 @@ class Verifier:
                 return None
         elif frame.kind in (frames.HELLO, frames.ACK):
             # control frames are never resent: an old sequence number is a replay
-            if frame.seq <= self.control_seq.get(frame.node, -1):
+            if frame.seq <= self.control_seq.get(frame.node, -1) and not self.new_epoch(frame):
                 self.reject("replayed", f"{frame.node} seq {frame.seq}")
                 return None
-            self.control_seq[frame.node] = frame.seq
+            self.control_seq[frame.node] = max(frame.seq, self.control_seq.get(frame.node, -1))
         self.accepted += 1
         return frame, records
+
+
+    def new_epoch(self, frame: frames.Frame) -> bool:
+        """A hello from a node whose sequence state was lost (docs/protocol.md, "Re-flashed
+        nodes"): an epoch other than the last one's, or this epoch's before it took its floor.
+        Accepting a captured one only makes us hand that epoch a floor again: harmless."""
+        epoch = frame.body.get("epoch") if isinstance(frame.body, dict) else None
+        if frame.kind != frames.HELLO or type(epoch) is not int:
+            return False
+        if epoch != self.epochs.get(frame.node):
+            self.epochs[frame.node] = epoch
+            self.floors.pop(frame.node, None)
+            return True
+        return frame.seq < self.floors.get(frame.node, 0)
 
 
 def encode_records(records: list[senml.Record]) -> bytes:

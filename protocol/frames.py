@@ -16,8 +16,8 @@ from typing import Any, Callable
 import cbor2
 
 VERSION = 1
-DATA, ACK, HELLO, TIME, CMD = 0, 1, 2, 3, 4
-KIND_NAMES = {DATA: "data", ACK: "ack", HELLO: "hello", TIME: "time", CMD: "cmd"}
+DATA, ACK, HELLO, TIME, CMD, SEQ = 0, 1, 2, 3, 4, 5
+KIND_NAMES = {DATA: "data", ACK: "ack", HELLO: "hello", TIME: "time", CMD: "cmd", SEQ: "seq"}
 TAG_LEN = 8
 MAX_FRAME = 1024
 
