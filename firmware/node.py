@@ -49,13 +49,18 @@ def _write_int(path, value):
 
 
 def _random30():
+    # an epoch: the ESP32's os.urandom is its hardware RNG; ports without it fall back
     try:
         import os
         b = os.urandom(4)
+        return b[0] | b[1] << 8 | b[2] << 16 | (b[3] & 0x3F) << 24
     except (ImportError, AttributeError):
+        pass
+    try:
         import random
-        return random.getrandbits(30)
-    return (b[0] | b[1] << 8 | b[2] << 16 | (b[3] & 0x3F) << 24)
+        return random.getrandbits(30) ^ (time.ticks_us() & 0x3FFFFFFF)
+    except (ImportError, AttributeError):
+        return time.ticks_us() & 0x3FFFFFFF
 
 
 class Sequence:
