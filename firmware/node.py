@@ -56,11 +56,12 @@ def _random30():
         return b[0] | b[1] << 8 | b[2] << 16 | (b[3] & 0x3F) << 24
     except (ImportError, AttributeError):
         pass
+    us = time.ticks_diff(time.ticks_us(), 0) & 0x3FFFFFFF
     try:
         import random
-        return random.getrandbits(30) ^ (time.ticks_us() & 0x3FFFFFFF)
+        return random.getrandbits(30) ^ us
     except (ImportError, AttributeError):
-        return time.ticks_us() & 0x3FFFFFFF
+        return us
 
 
 class Sequence:
