@@ -232,6 +232,7 @@ class Node:
         """Every record stored before the floor came goes to the store's head under a number
         above the floor, oldest first; the old one is released. Resumed after a reboot."""
         st = self.store
+        st.max_segments += 1  # the copies' head segment: a full ring drops nothing for them
         while self.move_seg >= 0 and (st.tail_seg < self.move_seg or (
                 st.tail_seg == self.move_seg and st.tail_off < self.move_off)):
             frame = st.peek()
@@ -245,6 +246,7 @@ class Node:
                 import sys
                 sys.stderr.write("renumbered %d %d\n" % (old, seq))
             await asyncio.sleep_ms(0)  # flash writes: let the pipelines run between them
+        st.max_segments -= 1
         if self.move_seg >= 0:
             self.move_seg = -1
             self._write_epoch(self.epoch, self.seq.next, -1, 0)

@@ -232,6 +232,31 @@ def test_a_reboot_mid_renumbering_goes_on_where_it_stopped():
     assert len(seqs) == 6 and all(s >= 700 for s in seqs) and seqs == sorted(seqs), seqs
 
 
+def test_renumbering_a_store_at_its_bound_drops_nothing():
+    # the copies go to the head while the tail drains: with the ring at its segment bound, a
+    # new head segment must not push out the tail segment still being renumbered
+    n, ticks, wire = _node()
+    n.store.max_segments = 3
+    i = 0
+    while len(n.store.segs) < 3 or n.store.head_off < 12000:
+        n.emit(1767225600 + 60 * i, [("x", "count", i)] * 20)
+        i += 1
+    with open("seq", "w") as f:
+        f.write("?")  # unreadable: a new epoch over a full store
+    n = _boot(ticks)
+    n.store.max_segments = 3
+    depth = n.store.depth
+    _floor(n, 100000)
+    asyncio.run(n.renumber())
+    assert n.store.dropped == 0 and n.store.depth == depth, (n.store.dropped, depth)
+    st = n.store
+    seg, off, count = st.tail_seg, st.tail_off, 0
+    while st.peek_after(seg, off) is not None:
+        assert st.seq >= 100000
+        seg, off, count = st.at_seg, st.at_off, count + 1
+    assert count == depth
+
+
 import mptest  # noqa: E402
 
 mptest.run(globals())
