@@ -89,8 +89,8 @@ class Gateway:
     def send_floor(self, link: Link, frame: frames.Frame) -> None:
         """A hello names the node's epoch: the floor its numbers must go above (docs/protocol.md,
         "Re-flashed nodes"), bound to that epoch so no other incarnation takes it."""
-        epoch = frame.body.get("epoch") if isinstance(frame.body, dict) else None
-        if type(epoch) is not int:
+        epoch = frames.hello_epoch(frame)
+        if epoch is None:
             return
         floor = max(self.spool.seq_floor(frame.node),
                     self.verifier.control_seq.get(frame.node, -1)) + 1

@@ -52,20 +52,20 @@ class Verifier:
                 return None
         elif frame.kind in (frames.HELLO, frames.ACK):
             # control frames are never resent: an old sequence number is a replay
-            if frame.seq <= self.control_seq.get(frame.node, -1) and not self.new_epoch(frame):
+            fresh = self.new_epoch(frame)
+            if frame.seq <= self.control_seq.get(frame.node, -1) and not fresh:
                 self.reject("replayed", f"{frame.node} seq {frame.seq}")
                 return None
             self.control_seq[frame.node] = max(frame.seq, self.control_seq.get(frame.node, -1))
         self.accepted += 1
         return frame, records
 
-
     def new_epoch(self, frame: frames.Frame) -> bool:
         """A hello from a node whose sequence state was lost (docs/protocol.md, "Re-flashed
         nodes"): an epoch other than the last one's, or this epoch's before it took its floor.
         Accepting a captured one only makes us hand that epoch a floor again: harmless."""
-        epoch = frame.body.get("epoch") if isinstance(frame.body, dict) else None
-        if frame.kind != frames.HELLO or type(epoch) is not int:
+        epoch = frames.hello_epoch(frame)
+        if epoch is None:
             return False
         if epoch != self.epochs.get(frame.node):
             self.epochs[frame.node] = epoch

@@ -38,6 +38,13 @@ class Frame:
     body: Any
 
 
+def hello_epoch(frame: Frame) -> int | None:
+    """The epoch a hello names (docs/protocol.md, "Re-flashed nodes"), or None."""
+    epoch = frame.body.get("epoch") if frame.kind == HELLO and isinstance(frame.body, dict) \
+        else None
+    return epoch if type(epoch) is int else None
+
+
 def cobs_encode(data: bytes) -> bytes:
     out = bytearray()
     block = bytearray()

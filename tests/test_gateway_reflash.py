@@ -138,6 +138,28 @@ def test_captured_old_frames_and_hellos_lower_nothing(gw):
     run(gw, scenario)
 
 
+def test_the_floor_survives_a_gateway_restart(gw, tmp_path):
+    # the control seqs are in memory; the floor comes from the spool's seen/floor, on disk
+    old = Node(gw, gw.test_key, gw.test_base, epoch=11)
+
+    async def first():
+        await old.hello(0)
+        for s in range(1, 41):
+            await old.data(s)
+        await settle(gw)
+    run(gw, first)
+    gw.spool.close()
+    again = Gateway(gw.cfg)
+    new = Node(again, gw.test_key, gw.test_base, epoch=22)
+
+    async def second():
+        assert await new.hello(0)
+        assert new.floors() == [{"epoch": 22, "floor": 41}]
+        assert await new.hello(1)  # still pending (its floor lost): answered again
+        assert len(new.floors()) == 2
+    run(again, second)
+
+
 def test_a_hello_without_an_epoch_keeps_the_replay_rule(gw):
     n = Node(gw, gw.test_key, gw.test_base, epoch=None)
 
