@@ -44,6 +44,13 @@ class Node:
         return await self.send(frames.DATA, seq, [{-2: self.base, -3: 1795000000 + 60 * seq,
                                                    0: "x", 1: "count", 2: seq}])
 
+    async def history(self, last: int) -> None:
+        """A hello, then data frames 1..last, all committed."""
+        assert await self.hello(0)
+        for s in range(1, last + 1):
+            await self.data(s)
+        await settle(self.gw)
+
     def floors(self) -> list[dict]:
         return [f.body for f in self.down if f.kind == frames.SEQ]
 
@@ -80,11 +87,8 @@ def test_a_new_epoch_gets_a_floor_above_the_old_numbers_and_loses_nothing(gw):
     new = Node(gw, gw.test_key, gw.test_base, epoch=22)
 
     async def scenario():
-        assert await old.hello(0)
-        for s in range(1, 60):
-            await old.data(s)
+        await old.history(59)
         await old.send(frames.ACK, 60, 5)  # the old incarnation's last control frame
-        await settle(gw)
         assert gw.stored == 59
         # re-flashed: its numbers start at 0 again. Before the fix this hello was `replayed`
         # and no floor came, so every frame it sent was acked as a duplicate and thrown away
@@ -108,10 +112,7 @@ def test_captured_old_frames_and_hellos_lower_nothing(gw):
     new = Node(gw, gw.test_key, gw.test_base, epoch=22)
 
     async def scenario():
-        await old.hello(0)
-        for s in range(1, 30):
-            await old.data(s)
-        await settle(gw)
+        await old.history(29)
         await new.hello(0)
         floor = new.floors()[0]["floor"]
         await new.send(frames.ACK, floor, 0)  # the node took its floor: its numbers are above
@@ -138,16 +139,11 @@ def test_captured_old_frames_and_hellos_lower_nothing(gw):
     run(gw, scenario)
 
 
-def test_the_floor_survives_a_gateway_restart(gw, tmp_path):
+def test_the_floor_survives_a_gateway_restart(gw):
     # the control seqs are in memory; the floor comes from the spool's seen/floor, on disk
     old = Node(gw, gw.test_key, gw.test_base, epoch=11)
 
-    async def first():
-        await old.hello(0)
-        for s in range(1, 41):
-            await old.data(s)
-        await settle(gw)
-    run(gw, first)
+    run(gw, lambda: old.history(40))
     gw.spool.close()
     again = Gateway(gw.cfg)
     new = Node(again, gw.test_key, gw.test_base, epoch=22)
