@@ -14,6 +14,7 @@ ACK = const(1)
 HELLO = const(2)
 TIME = const(3)
 CMD = const(4)
+SEQ = const(5)  # the gateway's sequence floor for the node's epoch (docs/protocol.md)
 TAG_LEN = const(8)
 MAX_FRAME = const(1024)  # decoded bytes; longer frames are rejected
 
@@ -119,6 +120,23 @@ def frame_seq(wire):
     for _ in range(3):
         i = cbor.decode_at(buf, i)[1]
     return cbor.decode_at(buf, i)[0]
+
+
+def reseq(key, wire, seq):
+    """One of our own wire frames again under a new sequence number (body bytes kept)."""
+    buf = split_frame(cobs_decode(wire[:-1]))
+    i = 1
+    for _ in range(3):
+        i = cbor.decode_at(buf, i)[1]
+    end = cbor.decode_at(buf, i)[1]
+    out = bytearray(buf[:i])
+    cbor.encode_into(out, seq)
+    out.extend(buf[end:len(buf) - 1 - TAG_LEN])
+    tag = hmac_sha256(key, out)[:TAG_LEN]
+    out.append(0x40 | TAG_LEN)
+    out.extend(tag)
+    out.extend(struct.pack("<I", binascii.crc32(out) & 0xFFFFFFFF))
+    return cobs_encode(out) + b"\x00"
 
 
 class Deframer:

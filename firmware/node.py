@@ -3,6 +3,9 @@
 # The clock: the board's ticks, set from the gateway's time frames (docs/node.md, "Clock").
 # A boot that crashes before the pipelines have run healthily is counted in flash; after
 # CRASH_BOOTS of them the node runs link-only (health and the store's backlog, no sensors).
+# A node whose sequence state is gone (a re-flash, a worn flash, a swapped board) starts a new
+# epoch and sends nothing until the gateway's SEQ frame for it says where its numbers go on
+# (docs/protocol.md, "Re-flashed nodes").
 import asyncio
 import binascii
 import gc
@@ -17,6 +20,7 @@ from store import Store
 
 FW_VERSION = "0.2.0"
 SEQ_BLOCK = const(64)  # sequence numbers reserved per flash write
+SEQ_MAX = const(0x3FF00000)  # a floor from the gateway at or above this is refused: 31-bit ints
 ACK_TIMEOUT_MS = const(2000)  # the oldest frame in flight goes again after this (node.json
 # ack_timeout_ms: an accelerated emulated clock needs more board time for the host's round trip)
 WINDOW = const(8)  # frames in flight: a backlog drains at the link's pace, not one per round trip
@@ -44,14 +48,40 @@ def _write_int(path, value):
     os.rename(path + ".new", path)
 
 
+def _random30():
+    # an epoch: the ESP32's os.urandom is its hardware RNG; ports without it fall back
+    try:
+        import os
+        b = os.urandom(4)
+        return b[0] | b[1] << 8 | b[2] << 16 | (b[3] & 0x3F) << 24
+    except (ImportError, AttributeError):
+        pass
+    us = time.ticks_diff(time.ticks_us(), 0) & 0x3FFFFFFF
+    try:
+        import random
+        return random.getrandbits(30) ^ us
+    except (ImportError, AttributeError):
+        return us
+
+
 class Sequence:
     """A sequence number that survives reboots: a block is reserved in flash before use, so a
     reboot skips the unused rest of a block but never reuses a number."""
 
     def __init__(self, path):
         self.path = path
-        self.next = _read_int(path)
+        self.next = _read_int(path, -1)
+        self.fresh = self.next < 0  # missing or unreadable: the numbers used before are unknown
+        if self.fresh:
+            self.next = 0
         self.limit = self.next
+
+    def raise_to(self, floor):
+        """Go on at floor (the gateway's), persisted before any number above it is used."""
+        if floor > self.next:
+            self.next = floor
+            self.limit = floor + SEQ_BLOCK
+            _write_int(self.path, self.limit)
 
     def take(self):
         if self.next >= self.limit:
@@ -134,6 +164,7 @@ class Node:
         self.boot, self.unhealthy = counted or count_boot()
         self.safe = crash_looping((self.boot, self.unhealthy))
         self.seq = Sequence("seq")
+        self._load_epoch()
         self.store = Store("store.d", cfg.get("store_segments", 96))
         self.clock = Clock(hw.epoch_ms(), ticks_ms)
         self.floor = _read_int("floor")  # no interval may start before one already opened
@@ -141,7 +172,7 @@ class Node:
         self.started = ticks_ms()
         self.resends = 0
         self.rx_rejects = 0
-        self.gw_seq = -1
+        self.gw_seq = _read_int("gwseq", -1)  # the last downlink accepted, kept over reboots
         self.progress = 0  # advanced by the sensor pipelines only: it feeds the watchdog
         self.sent = 0
         self.flight = []  # the sender's frames in flight (seq numbers), oldest first
@@ -152,6 +183,73 @@ class Node:
         self.write = None
         self.reboot_requested = False
         self.trace = cfg.get("trace", False)  # never on a board whose console is its link
+
+    # --- epoch: whose sequence numbers these are ------------------------------------------
+    def _load_epoch(self):
+        """`epoch` holds "<epoch> <floor> <seg> <off>": floor -1 while no SEQ frame has come
+        for this epoch (pending: nothing is sent), and (seg, off) >= 0 while the store's
+        records before that position still go under new numbers."""
+        try:
+            with open("epoch") as f:
+                e, fl, seg, off = [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            e = -1
+        if self.seq.fresh or e < 0:  # the numbers used before are unknown: a new epoch
+            e, fl, seg, off = _random30(), -1, -1, 0
+            self._write_epoch(e, fl, seg, off)
+        self.epoch, self.move_seg, self.move_off = e, seg, off
+        self.pending = fl < 0
+        if fl > 0:
+            self.seq.raise_to(fl)  # should the seq file be older than the epoch file
+
+    def _write_epoch(self, e, floor, seg, off):
+        with open("epoch.new", "w") as f:
+            f.write("%d %d %d %d" % (e, floor, seg, off))
+        import os
+        os.rename("epoch.new", "epoch")
+
+    def take_floor(self, body):
+        """The gateway's SEQ frame: {"epoch", "floor"}. A floor for another epoch is a replay
+        (False). One above our numbers (or the first of a pending epoch) moves us above it, and
+        every frame already stored goes again under a new number before anything is sent."""
+        if not isinstance(body, dict) or body.get("epoch") != self.epoch:
+            return False
+        floor = body.get("floor")
+        if not isinstance(floor, int) or not 0 <= floor < SEQ_MAX:
+            return False
+        if self.pending or floor > self.seq.next:
+            self.seq.raise_to(floor)
+            st = self.store
+            self.move_seg, self.move_off = (st.head_seg, st.head_off) if st.depth else (-1, 0)
+            self._write_epoch(self.epoch, floor, self.move_seg, self.move_off)
+            self.pending = False
+            if self.clock.synced:
+                self.timed.set()
+            self.wake.set()
+        return True
+
+    async def renumber(self):
+        """Every record stored before the floor came goes to the store's head under a number
+        above the floor, oldest first; the old one is released. Resumed after a reboot."""
+        st = self.store
+        st.max_segments += 1  # the copies' head segment: a full ring drops nothing for them
+        while self.move_seg >= 0 and (st.tail_seg < self.move_seg or (
+                st.tail_seg == self.move_seg and st.tail_off < self.move_off)):
+            frame = st.peek()
+            if frame is None:
+                break
+            old = st.seq
+            seq = self.seq.take()
+            st.append(link.reseq(self.key, frame, seq), seq)
+            st.pop()
+            if self.trace:
+                import sys
+                sys.stderr.write("renumbered %d %d\n" % (old, seq))
+            await asyncio.sleep_ms(0)  # flash writes: let the pipelines run between them
+        st.max_segments -= 1
+        if self.move_seg >= 0:
+            self.move_seg = -1
+            self._write_epoch(self.epoch, self.seq.next, -1, 0)
 
     # --- clock -----------------------------------------------------------------------------
     def epoch_ms(self):
@@ -174,7 +272,8 @@ class Node:
             self.hw.set_epoch_ms(self.clock.now_ms())  # the RTC keeps it over a reset
             if step < 0:
                 _write_int("floor", self.floor)  # a reboot must not reopen earlier intervals
-        self.timed.set()
+        if not self.pending:
+            self.timed.set()  # the gateway has answered: time, and where our numbers go
 
     # --- records ---------------------------------------------------------------------------
     def emit(self, t, records):
@@ -217,7 +316,7 @@ class Node:
     def hello(self):
         self.send_control(link.HELLO, {"fw": FW_VERSION, "boot": self.boot, "kind": self.kind,
                                        "bn": self.base_name, "interval": self.interval,
-                                       "safe": self.safe})
+                                       "safe": self.safe, "epoch": self.epoch})
 
     def on_frame(self, raw):
         try:
@@ -235,13 +334,18 @@ class Node:
         if seq <= self.gw_seq:  # a replayed or old downlink frame
             self.rx_rejects += 1
             return
+        if kind == link.SEQ and not self.take_floor(body):
+            self.rx_rejects += 1  # another epoch's floor: a replay
+            return
         self.gw_seq = seq
+        _write_int("gwseq", seq)  # before acting on it: a reboot must not take it again
         if kind == link.TIME:
             if isinstance(body, int):
                 self.set_time(body)
         elif kind == link.CMD:
             self.command(body)
-        self.send_control(link.ACK, seq)
+        if not self.pending:  # a pending epoch's numbers may be ones the gateway saw before
+            self.send_control(link.ACK, seq)
 
     def command(self, body):
         if not isinstance(body, dict):
@@ -286,6 +390,17 @@ class Node:
         since = self.ticks_ms()  # the last progress: a frame released, or a first send
         while True:
             self.wake.clear()
+            if self.pending:  # no number of ours is known to be new to the gateway yet
+                flight.clear()
+                acks.clear()
+                seg = -1
+                await self.wake.wait()
+                continue
+            if self.move_seg >= 0:
+                flight.clear()
+                acks.clear()
+                seg = -1
+                await self.renumber()
             frame = store.peek()  # release what is acked, oldest first
             while frame is not None and store.seq in acks:
                 acks.remove(store.seq)

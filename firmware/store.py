@@ -4,6 +4,7 @@
 # new file, rename). A full store drops its oldest segment (counted), so the newest readings are
 # the ones kept. Power loss mid-append leaves at most a torn last record: it fails the header or
 # the frame's closing 0x00, is skipped, and the next append opens a fresh segment after it.
+# A flash that fills before the segment bound (ENOSPC) is full too: the oldest segment goes.
 import os
 import struct
 
@@ -12,6 +13,7 @@ from micropython import const
 SEG_BYTES = const(16384)
 MAGIC = const(0xA5)
 HDR = const(7)  # magic u8, frame length u16, sequence number u32 (little-endian)
+ENOSPC = const(28)
 MAX_REC = const(1100)  # a link frame (<= 1024 decoded bytes, COBS adds 1 per 254) and its header
 
 
@@ -124,9 +126,26 @@ class Store:
     def append(self, frame, seq):
         if self.head_off + HDR + len(frame) > SEG_BYTES:
             self._new_segment()
-        with open(self._path(self.head_seg), "ab") as f:
-            f.write(struct.pack("<BHI", MAGIC, len(frame), seq))
-            f.write(frame)
+        while True:
+            try:
+                with open(self._path(self.head_seg), "ab") as f:
+                    f.write(struct.pack("<BHI", MAGIC, len(frame), seq))
+                    f.write(frame)
+                break
+            except OSError as exc:
+                if exc.errno != ENOSPC:
+                    raise
+            # the flash filled before the segment bound: the oldest segment goes (its frames
+            # counted in dropped) and the frame goes into a fresh one, past any torn bytes
+            if len(self.segs) == 1 and self.head_off == 0:
+                self.dropped += 1  # not even an empty store holds it: the frame is lost
+                try:
+                    os.remove(self._path(self.head_seg))  # and no torn bytes stay before
+                except OSError:  # the next append
+                    pass
+                return
+            self._new_segment()
+            self._drop_oldest()
         self.head_off += HDR + len(frame)
         self.depth += 1
 

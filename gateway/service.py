@@ -80,6 +80,7 @@ class Gateway:
             log.info("hello from %s on %s: %s", frame.node, link.name, frame.body)
             self.nodes.hello(frame.node, link.name, frame.body)
             self.send(link, frame.node, frames.ACK, frame.seq)
+            self.send_floor(link, frame)
             self.send_time(link, frame.node)
             self.commands.connected(frame.node)
         elif frame.kind == frames.ACK and type(frame.body) is int:
@@ -91,6 +92,18 @@ class Gateway:
         seq = 0 if kind == frames.ACK else self.spool.next_downlink_seq(node)
         link.send(frames.encode(key, kind, node, seq, body))
         return seq
+
+    def send_floor(self, link: Link, frame: frames.Frame) -> None:
+        """A hello names the node's epoch: the floor its numbers must go above (docs/protocol.md,
+        "Re-flashed nodes"), bound to that epoch so no other incarnation takes it."""
+        epoch = frames.hello_epoch(frame)
+        if epoch is None:
+            return
+        floor = max(self.spool.seq_floor(frame.node),
+                    self.verifier.control_seq.get(frame.node, -1)) + 1
+        self.verifier.floors.setdefault(frame.node, floor)  # the epoch's first: below it, a
+        # hello is the node still waiting for its floor (Verifier.new_epoch)
+        self.send(link, frame.node, frames.SEQ, {"epoch": epoch, "floor": floor})
 
     def send_time(self, link: Link, node: str) -> None:
         self.send(link, node, frames.TIME, int(time.time() * 1000))

@@ -348,6 +348,16 @@ class Spool:
             return self.db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0]
 
     @_guarded
+    def seq_floor(self, node: str) -> int:
+        """The highest data seq of node the spool knows (stored within the window, or its
+        floor), -1 if none: a re-flashed node's numbers must go above it."""
+        with self.lock:
+            seen = self.db.execute("SELECT max(seq) FROM seen WHERE node = ?",
+                                   (node,)).fetchone()[0]
+            floor = self.db.execute("SELECT seq FROM floor WHERE node = ?", (node,)).fetchone()
+        return max(-1 if seen is None else seen, floor[0] if floor else -1)
+
+    @_guarded
     def next_downlink_seq(self, node: str) -> int:
         with self.transaction():
             row = self.db.execute("SELECT seq FROM downlink WHERE node = ?", (node,)).fetchone()

@@ -26,6 +26,8 @@ class Verifier:
         self.accepted = 0
         self.control_seq: dict[str, int] = {}
         self.last_reason = ""  # the latest rejection's, for the status page
+        self.epochs: dict[str, int] = {}  # the epoch of each node's last accepted hello
+        self.floors: dict[str, int] = {}  # the first sequence floor handed to that epoch
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
@@ -52,12 +54,26 @@ class Verifier:
                 return None
         elif frame.kind in (frames.HELLO, frames.ACK):
             # control frames are never resent: an old sequence number is a replay
-            if frame.seq <= self.control_seq.get(frame.node, -1):
+            fresh = self.new_epoch(frame)
+            if frame.seq <= self.control_seq.get(frame.node, -1) and not fresh:
                 self.reject("replayed", f"{frame.node} seq {frame.seq}")
                 return None
-            self.control_seq[frame.node] = frame.seq
+            self.control_seq[frame.node] = max(frame.seq, self.control_seq.get(frame.node, -1))
         self.accepted += 1
         return frame, records
+
+    def new_epoch(self, frame: frames.Frame) -> bool:
+        """A hello from a node whose sequence state was lost (docs/protocol.md, "Re-flashed
+        nodes"): an epoch other than the last one's, or this epoch's before it took its floor.
+        Accepting a captured one only makes us hand that epoch a floor again: harmless."""
+        epoch = frames.hello_epoch(frame)
+        if epoch is None:
+            return False
+        if epoch != self.epochs.get(frame.node):
+            self.epochs[frame.node] = epoch
+            self.floors.pop(frame.node, None)
+            return True
+        return frame.seq < self.floors.get(frame.node, 0)
 
 
 def encode_records(records: list[senml.Record]) -> bytes:

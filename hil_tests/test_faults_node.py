@@ -21,7 +21,7 @@ import pytest
 
 from rigs.node import (LINE_REASONS, Rig, Tap, corrupted_frames, frame_counts, gaps,
                       line_rejections, series, wait_until)
-from sensorcity.tools.sim.emulate import EmulatedNode, _Feeder
+from sensorcity.tools.sim.emulate import EmulatedNode, _Feeder, flash_image_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.mosquitto, pytest.mark.unixport]
 
@@ -246,6 +246,38 @@ def test_watchdog_resets_a_stalled_pipeline(make_rig):
     assert "emitted" in log and all(h["safe_mode"] == 0 for h in rig.health()
                                     if h["boot_count"] <= 3)
     check_counters(c, events=0)
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("unplugged", [False, True], ids=["gateway-there", "gateway-away"])
+def test_a_reflashed_board_loses_nothing(make_rig, unplugged):
+    # issue 11: `sensorcity flash` erases the whole flash, so the node's sequence starts at 0
+    # again under the same id. Before the fix the gateway acked every frame of the new run and
+    # threw it away (`duplicate`), and rejected its hellos (`replayed`): 0 readings arrived.
+    # gateway-away: the board measures for a while before it reaches the gateway, so what it
+    # stored under its pending epoch goes again under numbers above the floor
+    rig = make_rig()
+    first = deliver(rig, 4.0)
+    assert first
+    rig.board.stop()
+    flash_image_for(rig.config).unlink()  # the technician re-flashes the board
+    mark = len(rig.produced())
+    if unplugged:
+        rig.cable.connected.clear()
+    rig.start_board()
+    wait_until(lambda: len(rig.produced()) >= mark + 8, 40, "the re-flashed board's intervals")
+    if unplugged:
+        rig.cable.connected.set()
+        wait_until(lambda: "renumbered" in rig.board.log(), 40, "the floor, and renumbering")
+        time.sleep(2.0)
+    again = rig.produced()[mark:]
+    rig.wait_delivered(again)  # every frame of the new run in the spool, its records at the broker
+    c = rig.finish()
+    print("re-flash:", len(first), "frames before,", len(again), "after:", frame_counts(c))
+    assert min(e.seq for e in again) > max(e.seq for e in first)  # above the old numbers
+    assert c["rejected"]["replayed"] == 0 and c["rejected"]["stale"] == 0
+    assert c["duplicate_frames"] <= WINDOW, frame_counts(c)  # the old run's unacked at power-off
+    assert not gaps(series(again, DATA), 1)
 
 
 def test_crash_loop_falls_back_to_link_only(make_rig, tmp_path):

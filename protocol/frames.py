@@ -16,8 +16,8 @@ from typing import Any, Callable
 import cbor2
 
 VERSION = 1
-DATA, ACK, HELLO, TIME, CMD = 0, 1, 2, 3, 4
-KIND_NAMES = {DATA: "data", ACK: "ack", HELLO: "hello", TIME: "time", CMD: "cmd"}
+DATA, ACK, HELLO, TIME, CMD, SEQ = 0, 1, 2, 3, 4, 5
+KIND_NAMES = {DATA: "data", ACK: "ack", HELLO: "hello", TIME: "time", CMD: "cmd", SEQ: "seq"}
 TAG_LEN = 8
 MAX_FRAME = 1024
 
@@ -36,6 +36,13 @@ class Frame:
     node: str
     seq: int
     body: Any
+
+
+def hello_epoch(frame: Frame) -> int | None:
+    """The epoch a hello names (docs/protocol.md, "Re-flashed nodes"), or None."""
+    epoch = frame.body.get("epoch") if frame.kind == HELLO and isinstance(frame.body, dict) \
+        else None
+    return epoch if type(epoch) is int else None
 
 
 def cobs_encode(data: bytes) -> bytes:

@@ -181,11 +181,17 @@ class Emitted:
 
 
 def emitted(log: str) -> list[Emitted]:
-    out = []
+    """The node's frames from its trace; "renumbered <old> <new>" (a new epoch's floor, docs/
+    protocol.md) gives the latest frame numbered <old> its new number."""
+    out: list[Emitted] = []
     for line in log.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "emitted":
             out.append(Emitted(int(parts[1]), int(parts[2]), tuple(parts[3:])))
+        elif len(parts) == 3 and parts[0] == "renumbered":
+            old = next((e for e in reversed(out) if e.seq == int(parts[1])), None)
+            if old is not None:
+                old.seq = int(parts[2])
     return out
 
 

@@ -85,6 +85,8 @@ def main():
     traffic = [{-2: "urn:dev:org:32473-sensorcity-traffic-7:", -3: 1795000120,
                 0: "lane1/count", 1: "count", 2: 3}, {0: "lane1/speed_v85", 1: "km/h", 2: 52.5}]
     hello = {"fw": "0.1.0", "boot": 7, "kind": "noise", "bn": bn, "interval": 60}
+    hello_epoch = {"fw": "0.2.0", "boot": 1, "kind": "noise", "bn": bn, "interval": 60,
+                   "safe": False, "epoch": 736113921}
     good = [
         ("data-noise", "node", 0, "n1", 1000, noise),
         ("data-energy", "node", 0, "n1", 1001, energy),
@@ -95,6 +97,8 @@ def main():
         ("time", "gateway", 3, "n1", 18, 1795000000123),
         ("cmd-interval", "gateway", 4, "n1", 19, {"op": "interval", "value": 30}),
         ("cmd-reboot", "gateway", 4, "traffic-7", 20, {"op": "reboot"}),
+        ("hello-epoch", "node", 2, "n1", 0, hello_epoch),
+        ("seq-floor", "gateway", 5, "n1", 21, {"epoch": 736113921, "floor": 70000}),
     ]
     out = {"keys": KEYS, "good": [], "bad": []}
     for name, origin, kind, node, seq, body in good:

@@ -171,6 +171,27 @@ def test_replayed_time_frame_is_rejected():
     assert n.rx_rejects == 1 and n.clock.steps == 1
 
 
+def test_captured_cmd_and_time_frames_replayed_after_a_reboot_are_rejected():
+    # issue 11: the last accepted downlink seq was kept in RAM only, so after a reboot a captured
+    # reboot command was taken again (a reboot loop) and a captured time frame stepped the clock
+    _fresh_dir()
+    board = Board(DAY0)
+    n = _node(board, Ticks())
+    _gw_seq[0] += 1
+    reboot = link.encode_frame(n.key, link.CMD, "n1", _gw_seq[0], {"op": "reboot"})[:-1]
+    day_ago = time_frame(DAY0 - 86400000)
+    now = time_frame(DAY0 + 5000)
+    for f in (reboot, day_ago, now):
+        n.on_frame(f)
+    assert n.reboot_requested and n.rx_rejects == 0
+    n = _node(Board(board.rtc), Ticks())  # the reboot
+    n.on_frame(reboot)
+    n.on_frame(day_ago)
+    assert not n.reboot_requested, "a captured reboot command was taken again"
+    assert n.rx_rejects == 2 and n.clock.steps == 0
+    assert ("rx_rejects", "count", 2) in n.health()
+
+
 import mptest  # noqa: E402
 
 mptest.run(globals())

@@ -148,6 +148,36 @@ def test_torn_last_record_is_skipped_and_appends_stay_reachable():
     assert drain(st) == [0, 1, 2, 3, 5]
 
 
+class SmallDisk(CutDisk):
+    # a flash partition that fills (ENOSPC) long before the store's segment bound
+    def ioctl(self, op, arg):
+        return 96 if op == 4 else super().ioctl(op, arg)
+
+
+def test_flash_full_before_the_segment_bound_drops_oldest_and_counts():
+    try:
+        vfs.umount("/t")
+    except OSError:
+        pass
+    disk = SmallDisk(bytearray(BLOCK * 96))  # 48 KiB: littlefs fills inside the third segment
+    vfs.VfsLfs2.mkfs(disk)
+    vfs.mount(vfs.VfsLfs2(disk), "/t")
+    os.chdir("/t")
+    st = Store("q", 64)
+    n = 0
+    while st.dropped == 0 and n < 5000:
+        st.append(frame(n), n)  # before the fix: OSError 28 out of append
+        n += 1
+    assert st.dropped > 0, "the flash never filled"
+    for _ in range(400):  # and it keeps taking frames, dropping the oldest each time it fills
+        st.append(frame(n), n)
+        n += 1
+    seqs = drain(Store("q", 64))
+    assert seqs == list(range(n - len(seqs), n)), "the newest are kept, in order"
+    assert st.dropped + len(seqs) == n, (st.dropped, len(seqs), n)
+    assert len(seqs) > 100
+
+
 def _workload(st, model):
     # appends with acks interleaved; model records what has completed
     for i in range(80):

@@ -99,6 +99,10 @@ class Link:
         if frame.kind in (frames.DATA, frames.HELLO):
             self.send(frame.node, frames.ACK, frame.seq)
         if frame.kind == frames.HELLO:
+            epoch = frames.hello_epoch(frame)
+            if epoch is not None:  # a new epoch sends nothing before its floor; the gateway
+                # raises it later if it knows higher numbers (docs/protocol.md)
+                self.send(frame.node, frames.SEQ, {"epoch": epoch, "floor": 0})
             self.send(frame.node, frames.TIME, int(time.time() * 1000))
 
 
