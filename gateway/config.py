@@ -87,6 +87,9 @@ class Config:
     metrics: str = "127.0.0.1:9108"                      # HOST:PORT of /metrics and /healthz; "" off
     stall: float = 60.0                                  # uplink silent this long with a backlog: unhealthy
     drain: float = 5.0                                   # seconds SIGTERM allows to publish what is pending
+    tcp_links_max: int = 1024                            # at most (and the file limit allows less)
+    tcp_auth_timeout: float = 10.0                       # a new TCP link's time to send a valid frame
+    tcp_idle: float = 900.0                              # silence before a TCP link is closed
 
     def check(self) -> None:
         if not self.gateway_id or any(c in self.gateway_id for c in "/+#") or \
@@ -95,8 +98,9 @@ class Config:
                              f"characters (it is an MQTT topic level)")
         for url in self.listen:
             host, _, port = url[6:].rpartition(":")
-            if not url.startswith("tcp://") or not host or not port.isdigit():
-                raise FatalError(f"listen {url!r}: use tcp://HOST:PORT")
+            if not url.startswith("tcp://") or not host or not port.isdigit() or \
+                    int(port) > 65535:
+                raise FatalError(f"listen {url!r}: use tcp://HOST:PORT (port 0..65535)")
         if self.mqtt_version not in (3, 4, 5):
             raise FatalError(f"mqtt_version {self.mqtt_version}: use 5 (or 4 for MQTT 3.1.1)")
         if self.batch_max < 1 or self.batch_age <= 0:
@@ -119,6 +123,18 @@ class Config:
             raise FatalError(f"spool_max_mb {self.spool_max_mb}: at least 4")
         if self.session_expiry < 0 or self.cmd_resend <= 0 or self.stall <= 0 or self.drain < 0:
             raise FatalError("session_expiry, drain must be >= 0; cmd_resend, stall > 0")
+        for name in ("time_every", "serial_baud", "tcp_links_max", "tcp_auth_timeout",
+                     "tcp_idle"):
+            if not getattr(self, name) > 0:
+                raise FatalError(f"{name} {getattr(self, name)}: must be above 0")
+
+    def check_spool(self) -> None:
+        """The spool directory is there and writable, or can be made (check-config)."""
+        path = Path(self.spool)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            raise FatalError(f"spool {self.spool}: {path} is not a writable directory")
 
     def broker_list(self) -> list[Broker]:
         return [Broker.parse(b, self.tls) for b in self.brokers]

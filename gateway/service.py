@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import time
 
 from ..errors import FatalError
@@ -15,7 +16,7 @@ from ..protocol import frames
 from . import health, notify
 from .commands import Commands
 from .config import Config
-from .ingest import Ingest, Link
+from .ingest import Ingest, Link, tcp_capacity
 from .metrics import Metrics
 from .registry import Registry
 from .spool import DUPLICATE, STALE, STORED, Spool, SpoolFull
@@ -34,10 +35,18 @@ class Gateway:
         cfg.check()
         self.cfg = cfg
         self.registry = Registry.load(cfg.nodes)
-        self.spool = Spool(cfg.spool, cfg.spool_max_mb)
+        if not self.registry.nodes:
+            log.warning("node registry %s holds no nodes: every frame is rejected", cfg.nodes)
+        try:
+            self.spool = Spool(cfg.spool, cfg.spool_max_mb)
+        except (OSError, sqlite3.Error) as exc:
+            raise FatalError(f"spool {cfg.spool}: {getattr(exc, 'strerror', None) or exc}") \
+                from exc
         self.verifier = Verifier(self.registry)
         self.uplink = Uplink(self.spool, cfg)
-        self.ingest = Ingest(self.handle, cfg.serial_baud)
+        self.ingest = Ingest(self.handle, cfg.serial_baud,
+                             tcp_capacity(cfg.tcp_links_max) if cfg.listen else 0,
+                             cfg.tcp_auth_timeout, cfg.tcp_idle)
         self.ingest.on_overflow = lambda n: self.verifier.rejected.update(overflow=n)
         self.commands = Commands(f"{cfg.topic_prefix}/{cfg.gateway_id}", self.send_command,
                                  self.uplink.reply, lambda n: n in self.registry.nodes,
@@ -47,6 +56,9 @@ class Gateway:
         self.uplink.on_published = self.metrics.published
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
         self.links: dict[str, Link] = {}
+        self.newest: dict[str, int] = {}   # per node: the highest seq accepted (routes follow it)
+        self.commit_errors = 0
+        self.commit_error_at = -1e9
         self.duplicates = 0
         self.stored = 0
         self.spool_full = 0
@@ -67,17 +79,41 @@ class Gateway:
         if checked is None:
             return False
         frame, records = checked
-        self.links[frame.node] = link
+        if frame.seq > self._newest(frame.node):
+            self._route(frame.node, link, frame.seq)
         if frame.kind == frames.DATA:
             await self.queue.put((link, frame, records))  # bounded: backpressure on the link
         elif frame.kind == frames.HELLO:
             log.info("hello from %s on %s: %s", frame.node, link.name, frame.body)
+            if link.authenticated:  # a node that sends every interval s is not idle below 3 s
+                link.idle = max(self.cfg.tcp_idle, 3 * frame.body["interval"])
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_time(link, frame.node)
             self.commands.connected(frame.node)
         elif frame.kind == frames.ACK and type(frame.body) is int:
             self.commands.acked(frame.node, frame.body)
         return True
+
+    def _newest(self, node: str) -> int:
+        """The node's highest accepted seq; after a restart, the highest its spool remembers."""
+        if node not in self.newest:
+            with self.spool.lock:
+                row = self.spool.db.execute("SELECT max(seq) FROM seen WHERE node = ?",
+                                            (node,)).fetchone()
+            self.newest[node] = max(row[0] if row[0] is not None else -1,
+                                    self.spool.floor.get(node, -1))
+        return self.newest[node]
+
+    def _route(self, node: str, link: Link, seq: int) -> None:
+        """Only a frame newer than any before it (no replay) moves a node's downlink (commands,
+        time) to its link, and so earns the link its place; the node's old link, carrying no
+        other node, is hung up (the node reconnected)."""
+        self.newest[node] = seq
+        old = self.links.get(node)
+        self.links[node] = link
+        link.authenticated = True
+        if old is not None and old is not link and old not in self.links.values():
+            old.close()
 
     def send(self, link: Link, node: str, kind: int, body) -> int:
         key = self.registry.key_for(node)
@@ -102,14 +138,21 @@ class Gateway:
             batch = [await self.queue.get()]
             while len(batch) < COMMIT_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            entries = [spool_entry(frame, records) for _, frame, records in batch]
             self.commit_began = time.monotonic()
             try:
+                entries = [spool_entry(frame, records) for _, frame, records in batch]
                 outcomes = await asyncio.to_thread(self.spool.store, entries)
             except SpoolFull as exc:
                 self.spool_full += 1
                 self.spool_full_at = time.monotonic()
                 log.error("spool: disk full, %d frames not acked: %s", len(batch), exc)
+                outcomes = []
+            except Exception:  # a bug must not end the gateway: not acked, the nodes resend
+                self.commit_errors += 1
+                if time.monotonic() - self.commit_error_at > 60:
+                    self.commit_error_at = time.monotonic()
+                    log.exception("commit of %d frames failed (%d failed commits so far); "
+                                  "not acked", len(batch), self.commit_errors)
                 outcomes = []
             for i, (link, frame, _) in enumerate(batch):
                 if i < len(outcomes):

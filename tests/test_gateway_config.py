@@ -75,6 +75,7 @@ def test_each_broken_config_is_one_line_and_exit_2(tmp_path, text):
 
 
 def test_check_config_says_what_it_holds(tmp_path):
+    (tmp_path / "none.json").write_text('{"nodes": {}}')
     p = write(tmp_path, 'gateway_id = "gw1"\nbrokers = ["mqtt://10.0.0.5", "mqtts://b.example"]\n'
                         f'tls = false\nnodes = "{tmp_path}/none.json"\n'
                         'serial = ["/dev/serial/by-id/*"]\n')
@@ -89,6 +90,7 @@ def test_a_key_that_does_not_fit_the_certificate_is_refused(tmp_path):
     from gateway_pki import make_pki
     pki = make_pki(tmp_path)
     other = make_pki(tmp_path / "other")
+    (tmp_path / "none.json").write_text("")
     p = write(tmp_path, f'brokers = ["mqtts://b.example"]\nca = "{pki["ca"]}"\n'
                         f'cert = "{pki["client_cert"]}"\nkey = "{other["client_key"]}"\n'
                         f'nodes = "{tmp_path}/none.json"\n')
