@@ -180,3 +180,41 @@ def test_a_peer_that_never_reads_its_acks_is_closed(tmp_path):
         node.close()
     finally:
         gw.stop()
+
+
+def test_the_committer_survives_an_unexpected_error(tmp_path, monkeypatch):
+    """Issue 11 item 7: an exception nobody foresaw in one commit (here injected into
+    Spool.store) is logged and counted; that batch is not acked, and the next one is."""
+    import asyncio
+
+    from sensorcity.gateway.config import Config
+    from sensorcity.gateway.service import Gateway as Service
+    from sensorcity.protocol import senml
+
+    (tmp_path / "nodes.json").write_text("")
+    gw = Service(Config(gateway_id="gw", brokers=NO_BROKER, spool=str(tmp_path / "s"),
+                        nodes=str(tmp_path / "nodes.json"), metrics=""))
+    real_store, calls = gw.spool.store, []
+
+    def store(entries):
+        calls.append(len(entries))
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real_store(entries)
+    monkeypatch.setattr(gw.spool, "store", store)
+    acked = []
+    monkeypatch.setattr(gw, "send", lambda link, node, kind, seq: acked.append(seq))
+    records = [senml.Record("urn:x:q", None, 1, 1795000000.0)]
+
+    async def main():
+        committer = asyncio.create_task(gw.committer())
+        await gw.queue.put((None, frames.Frame(frames.DATA, "n1", 1, None), records))
+        await asyncio.wait_for(gw.queue.join(), 10)
+        assert acked == [] and gw.commit_errors == 1
+        await gw.queue.put((None, frames.Frame(frames.DATA, "n1", 2, None), records))
+        await asyncio.wait_for(gw.queue.join(), 10)
+        assert acked == [2] and not committer.done()
+        committer.cancel()
+
+    asyncio.run(main())
+    gw.spool.close()
