@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -133,8 +134,14 @@ class Config:
         path = Path(self.spool)
         while not path.exists() and path != path.parent:
             path = path.parent
-        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-            raise FatalError(f"spool {self.spool}: {path} is not a writable directory")
+        try:
+            if not path.is_dir():
+                raise NotADirectoryError(f"{path} is not a directory")
+            with tempfile.TemporaryDirectory(dir=path):  # as root, os.access says yes to all
+                pass
+        except OSError as exc:
+            raise FatalError(f"spool {self.spool}: cannot write in {path} "
+                             f"({exc.strerror or exc})") from exc
 
     def broker_list(self) -> list[Broker]:
         return [Broker.parse(b, self.tls) for b in self.brokers]
