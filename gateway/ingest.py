@@ -6,10 +6,10 @@ loses it. Memory per link is bounded: one read of READ_CHUNK bytes and a deframe
 2 * MAX_FRAME bytes; a link waits (backpressure) while the commit queue is full.
 
 TCP links are bounded (docs/gateway.md, "TCP links"): at most `tcp_max` at once, derived from
-the file limit; a link earns its place with a frame the service accepts as its node's newest
-within `auth_timeout` seconds (at capacity the oldest link that has not made room), is closed
-after `idle` seconds of silence, has TCP keepalive on, and a write buffer of WRITE_MAX bytes: a
-peer that does not read its acks is closed and counted."""
+the file limit; a link earns its place with a valid frame within `auth_timeout` seconds (at
+capacity the oldest link without one makes room, then the oldest that carries no node's
+downlink), is closed after `idle` seconds of silence, has TCP keepalive on, and a write buffer
+of WRITE_MAX bytes: a peer that does not read its acks is closed and counted."""
 
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ class Link:
         self.deframer = frames.Deframer()
         self.stats = stats or LinkStats()
         self.open = True
-        self.authenticated = False  # set by the service: a frame that moved its node here
+        self.authenticated = False  # a frame from it verified (a node's key made it)
+        self.routed = False         # set by the service: some node's downlink goes here
         self.idle: float | None = None  # seconds of silence before a TCP link is closed
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -160,14 +161,19 @@ class Ingest:
         if link.stats.overflows != before and self.on_overflow:
             self.on_overflow(link.stats.overflows - before)
         for cobs in cobs_frames:
-            if await self.handle(link, cobs) is False:
+            ok = await self.handle(link, cobs)
+            if ok is False:
                 link.stats.rejected += 1
+            elif ok:
+                link.authenticated = True
 
     def _make_room(self) -> bool:
-        """At capacity the oldest link that has not earned its place goes; False if none."""
+        """At capacity the oldest link that has not earned its place goes (no valid frame yet;
+        else no node's newest frame, as a replayer's); False if every link carries a node."""
         if len(self._tcp) < self.tcp_max:
             return True
-        victim = next((link for link in self._tcp if not link.authenticated), None)
+        victim = next((link for link in self._tcp if not link.authenticated), None) or \
+            next((link for link in self._tcp if not link.routed), None)
         if victim is None:
             self.tcp_refused += 1
             return False

@@ -85,7 +85,7 @@ class Gateway:
             await self.queue.put((link, frame, records))  # bounded: backpressure on the link
         elif frame.kind == frames.HELLO:
             log.info("hello from %s on %s: %s", frame.node, link.name, frame.body)
-            if link.authenticated:  # a node that sends every interval s is not idle below 3 s
+            if link.routed:  # a node that sends every interval s is not idle below 3 s
                 link.idle = max(self.cfg.tcp_idle, 3 * frame.body["interval"])
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_time(link, frame.node)
@@ -106,13 +106,14 @@ class Gateway:
 
     def _route(self, node: str, link: Link, seq: int) -> None:
         """Only a frame newer than any before it (no replay) moves a node's downlink (commands,
-        time) to its link, and so earns the link its place; the node's old link, carrying no
-        other node, is hung up (the node reconnected)."""
+        time) to its link; the node's old link, carrying no other node, is hung up (the node
+        reconnected)."""
         self.newest[node] = seq
         old = self.links.get(node)
         self.links[node] = link
-        link.authenticated = True
+        link.routed = True
         if old is not None and old is not link and old not in self.links.values():
+            old.routed = False
             old.close()
 
     def send(self, link: Link, node: str, kind: int, body) -> int:

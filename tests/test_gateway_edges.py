@@ -72,6 +72,35 @@ def test_idle_connections_beyond_the_file_limit_lock_out_no_node(tmp_path):
         gw.stop()
 
 
+def test_replayers_at_capacity_make_room_and_the_node_keeps_its_link(tmp_path):
+    """Issue 11 item 6: connections replaying a captured frame have a valid frame, but no
+    node's newest: at capacity they make room, the node's own link stays."""
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+    gw = Gateway(tmp_path, NO_BROKER, preexec_fn=low_limit)
+    replayers = []
+    try:
+        node = gw.node()
+        node.send(1)
+        wait_until(lambda: 1 in node.acked, 15, "the node's ack")
+        captured = frames.encode(gw.keys["n1"], frames.DATA, "n1", 1,
+                                 [{-2: "urn:dev:ops:n1:", -3: int(time.time()), 0: "x", 2: 1}])
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", gw.tcp), timeout=10)
+            s.sendall(captured)
+            replayers.append(s)
+            time.sleep(0.01)
+        node.send(2)
+        wait_until(lambda: 2 in node.acked, 15, "the node's second ack")
+        assert metric(gw, "tcp_refused_total") == 0
+        assert metric(gw, "tcp_links_open") <= 64
+        node.close()
+    finally:
+        for s in replayers:
+            s.close()
+        gw.stop()
+
+
 def test_a_connection_that_sends_no_valid_frame_is_closed(tmp_path):
     """Issue 11 item 6: a link earns its place with a valid frame within tcp_auth_timeout, and
     has TCP keepalive on (seen in the kernel's socket table, `ss -o`)."""
