@@ -69,7 +69,7 @@ class Registry:
         raw = {"nodes": {}}
         if path.exists():
             try:
-                raw = json.loads(path.read_text())
+                raw = json.loads(path.read_text() or '{"nodes": {}}')  # empty: no nodes yet
             except ValueError as exc:
                 raise FatalError(f"node registry {path} is not JSON: {exc}") from exc
         raw.setdefault("nodes", {})[entry.node_id] = {
