@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -120,6 +121,9 @@ class Config:
     page_token: str = ""                                 # the status page off loopback needs it
     stall: float = 60.0                                  # uplink silent this long with a backlog: unhealthy
     drain: float = 5.0                                   # seconds SIGTERM allows to publish what is pending
+    tcp_links_max: int = 1024                            # at most (and the file limit allows less)
+    tcp_auth_timeout: float = 10.0                       # a new TCP link's time to send a valid frame
+    tcp_idle: float = 900.0                              # silence before a TCP link is closed
 
     def check(self) -> None:
         if not self.gateway_id or any(c in self.gateway_id for c in "/+#") or \
@@ -128,8 +132,9 @@ class Config:
                              f"characters (it is an MQTT topic level)")
         for url in self.listen:
             host, _, port = url[6:].rpartition(":")
-            if not url.startswith("tcp://") or not host or not port.isdigit():
-                raise FatalError(f"listen {url!r}: use tcp://HOST:PORT")
+            if not url.startswith("tcp://") or not host or not port.isdigit() or \
+                    int(port) > 65535:
+                raise FatalError(f"listen {url!r}: use tcp://HOST:PORT (port 0..65535)")
         if self.mqtt_version not in (3, 4, 5):
             raise FatalError(f"mqtt_version {self.mqtt_version}: use 5 (or 4 for MQTT 3.1.1)")
         if self.batch_max < 1 or self.batch_age <= 0:
@@ -158,6 +163,24 @@ class Config:
             raise FatalError(f"spool_max_mb {self.spool_max_mb}: at least 4")
         if self.session_expiry < 0 or self.cmd_resend <= 0 or self.stall <= 0 or self.drain < 0:
             raise FatalError("session_expiry, drain must be >= 0; cmd_resend, stall > 0")
+        for name in ("time_every", "serial_baud", "tcp_links_max", "tcp_auth_timeout",
+                     "tcp_idle"):
+            if not getattr(self, name) > 0:
+                raise FatalError(f"{name} {getattr(self, name)}: must be above 0")
+
+    def check_spool(self) -> None:
+        """The spool directory is there and writable, or can be made (check-config)."""
+        path = Path(self.spool)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            if not path.is_dir():
+                raise NotADirectoryError(f"{path} is not a directory")
+            with tempfile.TemporaryDirectory(dir=path):  # as root, os.access says yes to all
+                pass
+        except OSError as exc:
+            raise FatalError(f"spool {self.spool}: cannot write in {path} "
+                             f"({exc.strerror or exc})") from exc
 
     def broker_list(self) -> list[Broker]:
         """The brokers, each with the password of password_file (a URL may carry a user

@@ -55,6 +55,21 @@ class GatewayCollector:
                       "Rows kept in quarantine: their pack no longer decodes", sp["quarantined"])
         yield counter("spool_full", "Commits refused because the disk was full (not acked)",
                       gw.spool_full)
+        yield counter("commit_errors", "Commits that failed unexpectedly (not acked; logged)",
+                      gw.commit_errors)
+        ing = gw.ingest
+        yield gauge("tcp_links_open", "TCP links open now", ing.tcp_open)
+        yield gauge("tcp_links_max", "TCP links allowed at once (from the open-file limit)",
+                    ing.tcp_max)
+        for name, doc, value in (
+                ("tcp_refused", "TCP connections refused at capacity", ing.tcp_refused),
+                ("tcp_evicted", "TCP links without a valid frame closed for a new one",
+                 ing.tcp_evicted),
+                ("tcp_timeouts", "TCP links closed: no valid frame in time, or idle",
+                 ing.tcp_timeouts),
+                ("tcp_accept_errors", "Failed TCP accepts (EMFILE and the like)",
+                 ing.accept_errors)):
+            yield counter(name, doc, value)
         yield counter("batches_published", "Batches acknowledged by the broker (PUBACK)",
                       up.published_batches)
         yield counter("readings_published", "Readings in acknowledged batches",
@@ -96,6 +111,8 @@ class GatewayCollector:
                           "Runs longer than a frame dropped on a link (resync)"),
             "sessions": (CounterMetricFamily, "link_sessions", "Times a link was opened"),
             "open": (GaugeMetricFamily, "link_open", "Sessions open on a link"),
+            "write_overflows": (CounterMetricFamily, "link_write_overflows",
+                                "Sessions closed because the peer did not read its acks"),
         }
         for attr, (kind, name, doc) in families.items():
             fam = kind(P + name, doc, labels=["link"])

@@ -18,6 +18,22 @@ class NodeEntry:
     sensor: str
 
 
+KEY_MIN = 16   # bytes; `sensorcity provision` makes 32
+
+
+def _entry(nid: str, e: dict) -> NodeEntry:
+    """One node, checked: an id link.cddl allows, a key of KEY_MIN bytes or more, a base name."""
+    if not 1 <= len(nid.encode()) <= 32 or not nid.isprintable():
+        raise ValueError(f"node id {nid!r}: 1..32 printable characters")
+    key = bytes.fromhex(e["key"])
+    if len(key) < KEY_MIN:
+        raise ValueError(f"node {nid}: key of {len(key)} bytes, at least {KEY_MIN}")
+    if not isinstance(e["base_name"], str) or not e["base_name"] or \
+            not isinstance(e["sensor"], str):
+        raise ValueError(f"node {nid}: base_name and sensor must be non-empty strings")
+    return NodeEntry(nid, key, e["base_name"], e["sensor"])
+
+
 class Registry:
     def __init__(self, nodes: dict[str, NodeEntry]):
         self.nodes = nodes
@@ -28,17 +44,22 @@ class Registry:
 
     @classmethod
     def load(cls, path: Path | str) -> "Registry":
+        """The registry file; a missing one is a FatalError (a gateway without it would reject
+        every frame), an empty file is a registry of no nodes."""
         path = Path(path)
-        if not path.exists():
-            return cls({})
         try:
-            raw = json.loads(path.read_text())
-            nodes = {
-                nid: NodeEntry(nid, bytes.fromhex(e["key"]), e["base_name"], e["sensor"])
-                for nid, e in raw.get("nodes", {}).items()
-            }
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FatalError(f"node registry {path} is unreadable: {exc!r}") from exc
+            text = path.read_text()
+        except FileNotFoundError:
+            raise FatalError(f"node registry {path}: no such file (write it with "
+                             f"`sensorcity provision --registry {path}`)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FatalError(f"node registry {path}: {getattr(exc, 'strerror', None) or exc}") \
+                from exc
+        try:
+            raw = json.loads(text) if text.strip() else {}
+            nodes = {nid: _entry(nid, e) for nid, e in raw.get("nodes", {}).items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FatalError(f"node registry {path} is unreadable: {exc}") from exc
         return cls(nodes)
 
     @staticmethod
@@ -48,7 +69,7 @@ class Registry:
         raw = {"nodes": {}}
         if path.exists():
             try:
-                raw = json.loads(path.read_text())
+                raw = json.loads(path.read_text() or '{"nodes": {}}')  # empty: no nodes yet
             except ValueError as exc:
                 raise FatalError(f"node registry {path} is not JSON: {exc}") from exc
         raw.setdefault("nodes", {})[entry.node_id] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import time
 
 from ..errors import FatalError
@@ -15,7 +16,7 @@ from ..protocol import frames
 from . import health, notify
 from .commands import Commands
 from .config import Config
-from .ingest import Ingest, Link
+from .ingest import Ingest, Link, tcp_capacity
 from .metrics import Metrics
 from .nodes import NodeTable, claimed_node
 from .registry import Registry
@@ -35,10 +36,18 @@ class Gateway:
         cfg.check()
         self.cfg = cfg
         self.registry = Registry.load(cfg.nodes)
-        self.spool = Spool(cfg.spool, cfg.spool_max_mb)
+        if not self.registry.nodes:
+            log.warning("node registry %s holds no nodes: every frame is rejected", cfg.nodes)
+        try:
+            self.spool = Spool(cfg.spool, cfg.spool_max_mb)
+        except (OSError, sqlite3.Error) as exc:
+            raise FatalError(f"spool {cfg.spool}: {getattr(exc, 'strerror', None) or exc}") \
+                from exc
         self.verifier = Verifier(self.registry)
         self.uplink = Uplink(self.spool, cfg)
-        self.ingest = Ingest(self.handle, cfg.serial_baud)
+        self.ingest = Ingest(self.handle, cfg.serial_baud,
+                             tcp_capacity(cfg.tcp_links_max) if cfg.listen else 0,
+                             cfg.tcp_auth_timeout, cfg.tcp_idle)
         self.ingest.on_overflow = lambda n: self.verifier.rejected.update(overflow=n)
         self.commands = Commands(f"{cfg.topic_prefix}/{cfg.gateway_id}", self.send_command,
                                  self.uplink.reply, lambda n: n in self.registry.nodes,
@@ -50,6 +59,9 @@ class Gateway:
         self.uplink.on_published = self.metrics.published
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
         self.links: dict[str, Link] = {}
+        self.newest: dict[str, int] = {}   # per node: the highest seq accepted (routes follow it)
+        self.commit_errors = 0
+        self.commit_error_at = -1e9
         self.duplicates = 0
         self.stored = 0
         self.spool_full = 0
@@ -71,7 +83,8 @@ class Gateway:
             self.nodes.reject(self.verifier.last_reason, claimed_node(cobs), link.name)
             return False
         frame, records = checked
-        self.links[frame.node] = link
+        if frame.seq > self._newest(frame.node):
+            self._route(frame.node, link, frame.seq)
         self.nodes.seen(frame.node, link.name)
         if frame.kind == frames.DATA:
             self.nodes.frame(frame.node, link.name, frame.seq, records)
@@ -79,6 +92,8 @@ class Gateway:
         elif frame.kind == frames.HELLO:
             log.info("hello from %s on %s: %s", frame.node, link.name, frame.body)
             self.nodes.hello(frame.node, link.name, frame.body)
+            if link.routed:  # a node that sends every interval s is not idle below 3 s
+                link.idle = max(self.cfg.tcp_idle, 3 * frame.body["interval"])
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_floor(link, frame)
             self.send_time(link, frame.node)
@@ -86,6 +101,24 @@ class Gateway:
         elif frame.kind == frames.ACK and type(frame.body) is int:
             self.commands.acked(frame.node, frame.body)
         return True
+
+    def _newest(self, node: str) -> int:
+        """The node's highest accepted seq; after a restart, the highest its spool remembers."""
+        if node not in self.newest:
+            self.newest[node] = self.spool.seq_floor(node)
+        return self.newest[node]
+
+    def _route(self, node: str, link: Link, seq: int) -> None:
+        """Only a frame newer than any before it (no replay) moves a node's downlink (commands,
+        time) to its link; the node's old link, carrying no other node, is hung up (the node
+        reconnected)."""
+        self.newest[node] = seq
+        old = self.links.get(node)
+        self.links[node] = link
+        link.routed = True
+        if old is not None and old is not link and old not in self.links.values():
+            old.routed = False
+            old.close()
 
     def send(self, link: Link, node: str, kind: int, body) -> int:
         key = self.registry.key_for(node)
@@ -122,9 +155,9 @@ class Gateway:
             batch = [await self.queue.get()]
             while len(batch) < COMMIT_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            entries = [spool_entry(frame, records) for _, frame, records in batch]
             self.commit_began = time.monotonic()
             try:
+                entries = [spool_entry(frame, records) for _, frame, records in batch]
                 outcomes = await asyncio.to_thread(self.spool.store, entries)
             except SpoolDamaged as exc:  # set aside and salvaged: the nodes resend to the new one
                 log.error("spool: damaged in a commit, %d frames not acked: %s", len(batch), exc)
@@ -133,6 +166,13 @@ class Gateway:
                 self.spool_full += 1
                 self.spool_full_at = time.monotonic()
                 log.error("spool: disk full, %d frames not acked: %s", len(batch), exc)
+                outcomes = []
+            except Exception:  # a bug must not end the gateway: not acked, the nodes resend
+                self.commit_errors += 1
+                if time.monotonic() - self.commit_error_at > 60:
+                    self.commit_error_at = time.monotonic()
+                    log.exception("commit of %d frames failed (%d failed commits so far); "
+                                  "not acked", len(batch), self.commit_errors)
                 outcomes = []
             for i, (link, frame, _) in enumerate(batch):
                 if i < len(outcomes):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
+from decimal import Decimal
 
 import cbor2
 
@@ -15,6 +17,67 @@ log = logging.getLogger("sensorcity.gateway.verify")
 # acked so the node moves on, never stored twice (spool.py, docs/durability.md)
 REASONS = ("cobs", "short", "too-long", "crc", "schema", "unknown-node", "tag", "replayed",
            "name", "overflow", "stale")
+
+
+# Bounds of what a node may send (protocol/link.cddl): anything outside is `schema`, so nothing
+# a key holder puts in a frame reaches SQLite, a batch or the city's store out of range.
+RECORDS_MAX = 128          # records in one data frame
+BASE_NAME_MAX = 96         # bytes of a base name (bn)
+QUANTITY_MAX = 32          # bytes of a record's name (n)
+UNIT_MAX = 16              # bytes of a unit (u)
+VALUE_MAX = 2**53          # |v|: a double holds every integer up to it (the city's store)
+TIME_MAX = 2**32 - 1       # bt, t and their sum: epoch seconds (year 2106)
+INTERVAL_MAX = 86400       # hello: seconds
+FW_MAX = 32                # hello: bytes of the firmware version
+RECORD_LABELS = {-2, -3, 0, 1, 2, 6}   # bn, bt, n, u, v, t: what link.cddl allows a record
+
+
+def _text(x, lo: int, hi: int) -> bool:
+    return type(x) is str and lo <= len(x.encode("utf-8", "replace")) <= hi
+
+
+def _number(x, bound: float) -> bool:
+    if isinstance(x, Decimal):
+        x = float(x) if x.is_finite() else math.nan
+    if type(x) not in (int, float):
+        return False
+    try:
+        return abs(x) <= bound
+    except OverflowError:
+        return False
+
+
+def _uint(x, hi: int, lo: int = 0) -> bool:
+    return type(x) is int and lo <= x <= hi
+
+
+def pack_error(pack) -> str | None:
+    """Why a data frame's body is outside link.cddl's senml-pack and the bounds above, or None."""
+    if type(pack) is not list or not 1 <= len(pack) <= RECORDS_MAX:
+        return f"a pack of 1..{RECORDS_MAX} records"
+    for rec in pack:
+        if type(rec) is not dict or not set(rec) <= RECORD_LABELS or 0 not in rec \
+                or 2 not in rec:
+            return "a record is a map of bn, bt, n, u, v, t with n and v"
+        if not (_text(rec[0], 1, QUANTITY_MAX) and _number(rec[2], VALUE_MAX)
+                and (-2 not in rec or _text(rec[-2], 1, BASE_NAME_MAX))
+                and (1 not in rec or _text(rec[1], 1, UNIT_MAX))
+                and (-3 not in rec or _number(rec[-3], TIME_MAX))
+                and (6 not in rec or _number(rec[6], TIME_MAX))):
+            return "a record field out of its bounds"
+    return None
+
+
+def hello_error(hello) -> str | None:
+    """Why a hello is outside link.cddl (fields it does not name are left to newer firmware)."""
+    if type(hello) is not dict:
+        return "hello is not a map"
+    if not (_text(hello.get("fw"), 1, FW_MAX) and _uint(hello.get("boot"), frames.SEQ_MAX)
+            and hello.get("kind") in ("noise", "energy", "traffic")
+            and _text(hello.get("bn"), 1, BASE_NAME_MAX)
+            and _uint(hello.get("interval"), INTERVAL_MAX, 1)):
+        return "hello field missing or out of its bounds"
+    return None
 
 
 class Verifier:
@@ -42,10 +105,18 @@ class Verifier:
             self.reject(exc.reason, str(exc))
             return None
         records: list[senml.Record] = []
+        if frame.kind in (frames.TIME, frames.CMD):
+            self.reject("schema", f"{frame.node}: a gateway's frame kind from a node")
+            return None
         if frame.kind == frames.DATA:
             entry = self.registry.nodes[frame.node]
             try:
+                why = pack_error(frame.body)
+                if why:
+                    raise senml.SenMLError(why)
                 records = senml.resolve(frame.body)
+                if any(not 0 <= r.t <= TIME_MAX for r in records):
+                    raise senml.SenMLError(f"a record's time outside 0..{TIME_MAX}")
             except senml.SenMLError as exc:
                 self.reject("schema", f"{frame.node}: {exc}")
                 return None
@@ -53,6 +124,11 @@ class Verifier:
                 self.reject("name", f"{frame.node}: record outside its base name")
                 return None
         elif frame.kind in (frames.HELLO, frames.ACK):
+            why = hello_error(frame.body) if frame.kind == frames.HELLO else \
+                None if _uint(frame.body, frames.SEQ_MAX) else "acked seq out of its bounds"
+            if why:
+                self.reject("schema", f"{frame.node}: {why}")
+                return None
             # control frames are never resent: an old sequence number is a replay
             fresh = self.new_epoch(frame)
             if frame.seq <= self.control_seq.get(frame.node, -1) and not fresh:

@@ -49,6 +49,7 @@ def test_kill_9_three_times_and_broker_down_lose_nothing(tmp_path):
     listen = free_port()
     cfg = gateway_config(tmp_path, broker.port, listen, "chaos")
     log = open(tmp_path / "gateway.log", "w")
+    (tmp_path / "nodes.json").write_text("")  # no nodes yet (a missing registry is refused)
     nodes, gw = [], start_gateway(cfg, log)
     events = []
     try:

@@ -276,7 +276,8 @@ def test_time_goes_to_nodes_on_hello_and_periodically(tmp_path):
     gw = Gateway(tmp_path, [broker.url], time_every=1.0)
     node = gw.node()
     try:
-        node.send(0, kind=frames.HELLO, value={"fw": "test"})
+        node.send(0, kind=frames.HELLO, value={"fw": "test", "boot": 1, "kind": "energy",
+                                               "bn": "urn:dev:ops:n1:", "interval": 60})
         wait_until(lambda: node.downlink, 5, "the time after hello")
         first = node.downlink[0]
         assert first.kind == frames.TIME and abs(first.body / 1000 - time.time()) < 2

@@ -20,6 +20,8 @@ DATA, ACK, HELLO, TIME, CMD, SEQ = 0, 1, 2, 3, 4, 5
 KIND_NAMES = {DATA: "data", ACK: "ack", HELLO: "hello", TIME: "time", CMD: "cmd", SEQ: "seq"}
 TAG_LEN = 8
 MAX_FRAME = 1024
+SEQ_MAX = 2**32 - 1     # a node keeps its sequence in a u32 in flash (firmware/store.py)
+NODE_MAX = 32           # bytes of a node id (link.cddl)
 
 
 class FrameError(ValueError):
@@ -101,9 +103,9 @@ def check_crc(cobs: bytes) -> bytes:
     return frame
 
 
-def decode(cobs: bytes, key_for: Callable[[str], bytes | None]) -> Frame:
-    """COBS bytes (no delimiter) -> Frame, or FrameError with the rejection reason."""
-    frame = check_crc(cobs)
+def parse(frame: bytes) -> tuple[int, str, int, object, bytes]:
+    """A CRC-checked CBOR frame -> (kind, node, seq, body, tag), its header bounded as
+    link.cddl says; FrameError("schema") otherwise. The tag is not checked here."""
     try:
         item = cbor2.loads(frame)
     except Exception as exc:  # cbor2 raises several types on malformed input
@@ -112,10 +114,20 @@ def decode(cobs: bytes, key_for: Callable[[str], bytes | None]) -> Frame:
         raise FrameError("schema", "not a v1 frame")
     _, kind, node, seq, body, mac = item
     # type checks first: an unhashable kind (a list) must not reach the dict lookup
-    if type(kind) is not int or kind not in KIND_NAMES or not isinstance(node, str) \
-            or type(seq) is not int or seq < 0:
+    if type(kind) is not int or kind not in KIND_NAMES or type(node) is not str \
+            or not 1 <= len(node.encode("utf-8", "replace")) <= NODE_MAX \
+            or type(seq) is not int or not 0 <= seq <= SEQ_MAX:
         raise FrameError("schema", "bad header")
-    if not isinstance(mac, bytes) or len(mac) != TAG_LEN or not frame.endswith(b"\x48" + mac):
+    if type(mac) is not bytes or len(mac) != TAG_LEN:
+        raise FrameError("schema", "bad tag field")
+    return kind, node, seq, body, mac
+
+
+def decode(cobs: bytes, key_for: Callable[[str], bytes | None]) -> Frame:
+    """COBS bytes (no delimiter) -> Frame, or FrameError with the rejection reason."""
+    frame = check_crc(cobs)
+    kind, node, seq, body, mac = parse(frame)
+    if not frame.endswith(b"\x48" + mac):
         raise FrameError("schema", "bad tag field")
     key = key_for(node)
     if key is None:

@@ -40,10 +40,14 @@ def _gateway_check(a):
     from .gateway.registry import Registry
     from .gateway.uplink import tls_context
     cfg = gwconfig.load(a.config or gwconfig.DEFAULT_PATH)
+    cfg.check_spool()
     reg = Registry.load(cfg.nodes)
     brokers = cfg.broker_list()
     if any(b.tls for b in brokers):
         tls_context(cfg)  # the CA, certificate and key load, and the key fits the certificate
+    if not reg.nodes:
+        print(f"sensorcity: warning: node registry {cfg.nodes} holds no nodes: every frame "
+              f"will be rejected", file=sys.stderr)
     shown = ", ".join(f"{'mqtts' if b.tls else 'mqtt'}://{b.host}:{b.port}" for b in brokers)
     password = f", password from {cfg.password_file}" if cfg.password_file else ""
     print(f"config ok: gateway {cfg.gateway_id}, {len(cfg.listen)} TCP listeners, "
@@ -96,13 +100,19 @@ def _emulate(a):
 
 def _decode(a):
     from .tools.bench.decode import decode_stream, dumps
-    data = sys.stdin.buffer.read() if a.file in (None, "-") else Path(a.file).read_bytes()
+    try:
+        data = sys.stdin.buffer.read() if a.file in (None, "-") else Path(a.file).read_bytes()
+    except OSError as exc:
+        raise FatalError(f"decode {a.file}: {exc.strerror or exc}") from exc
     key_for = lambda node: None  # noqa: E731
     if a.nodes:
         from .gateway.registry import Registry
         key_for = Registry.load(a.nodes).key_for
+    bad = 0
     for obj in decode_stream(data, key_for):
+        bad += "error" in obj
         print(dumps(obj))
+    return 1 if bad else 0  # a frame that did not decode: its error line, and exit 1
 
 
 def _replay(a):
@@ -318,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except FatalError as exc:
         print(f"sensorcity: {exc}", file=sys.stderr)
         return 2
@@ -332,7 +342,6 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

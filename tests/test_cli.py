@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from sensorcity.protocol import frames
 
 SENSORCITY = str(Path(sys.executable).parent / "sensorcity")
@@ -78,3 +80,49 @@ def test_decode_prints_frames_as_json_lines(tmp_path):
     assert ok[0]["records"] == [{"n": "urn:dev:mac:0011:LAeq", "u": "dB", "v": 55.5,
                                  "t": 1795000000}]
     assert any("error" in x for x in lines)
+
+
+def raw_frame(item) -> bytes:
+    """Any CBOR item as a frame with a good CRC: what a stranger can put on a link."""
+    import struct
+    import zlib
+
+    import cbor2
+    raw = cbor2.dumps(item)
+    return frames.cobs_encode(raw + struct.pack("<I", zlib.crc32(raw))) + b"\x00"
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_decode_of_a_file_it_cannot_read_is_one_line(tmp_path, what):
+    """Issue 11 item 13: a traceback before."""
+    path = tmp_path / "cap.bin"
+    if what == "directory":
+        path.mkdir()
+    p = run("decode", str(path))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "Traceback" not in p.stderr and str(path) in p.stderr
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("item", [
+    [1, [0], "n1", 1, [], b"\0" * 8],          # an unhashable kind
+    [1, 0, ["n1"], 1, [], b"\0" * 8],          # a node that is not text
+    [1, 0, "n1", "1", [], b"\0" * 8],          # a seq that is not a number
+    {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6},   # six of something else
+    [1, 2, "n1", 1, {"fw": __import__("decimal").Decimal("1.5"), 1: {2, 3}}, b"\0" * 8],
+])
+def test_decode_of_a_frame_with_wrong_types_is_one_line(tmp_path, item):
+    """Issue 11 item 13: a frame whose fields have the wrong types gave a traceback; now its
+    line says what is wrong and the exit code says a frame did not decode."""
+    cap = tmp_path / "cap.bin"
+    cap.write_bytes(raw_frame(item))
+    p = run("decode", str(cap))
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    if isinstance(item, list) and item[1] == 2:    # a well-formed hello: its odd body printed
+        assert p.returncode == 0 and out["kind"] == "hello"
+    else:
+        assert p.returncode == 1 and out["error"] == "schema"

@@ -80,6 +80,7 @@ def test_each_broken_config_is_one_line_and_exit_2(tmp_path, text):
 
 
 def test_check_config_says_what_it_holds(tmp_path):
+    (tmp_path / "none.json").write_text('{"nodes": {}}')
     p = write(tmp_path, 'gateway_id = "gw1"\nbrokers = ["mqtt://10.0.0.5", "mqtts://b.example"]\n'
                         f'tls = false\nnodes = "{tmp_path}/none.json"\n'
                         'serial = ["/dev/serial/by-id/*"]\n')
@@ -94,6 +95,7 @@ def test_a_key_that_does_not_fit_the_certificate_is_refused(tmp_path):
     from gateway_pki import make_pki
     pki = make_pki(tmp_path)
     other = make_pki(tmp_path / "other")
+    (tmp_path / "none.json").write_text("")
     p = write(tmp_path, f'brokers = ["mqtts://b.example"]\nca = "{pki["ca"]}"\n'
                         f'cert = "{pki["client_cert"]}"\nkey = "{other["client_key"]}"\n'
                         f'nodes = "{tmp_path}/none.json"\n')
@@ -155,7 +157,8 @@ def test_check_config_shows_brokers_without_userinfo(tmp_path):
     pw.write_text(SECRET)
     for text in (f'brokers = ["mqtt://gw:{SECRET}@127.0.0.1:1883"]',
                  f'brokers = ["mqtt://gw@127.0.0.1:1883"]\npassword_file = "{pw}"'):
-        out = check_config(write(tmp_path, text + f'\nnodes = "{tmp_path}/none.json"\n'))
+        (tmp_path / "empty.json").write_text("")  # a registry with no nodes yet: allowed
+        out = check_config(write(tmp_path, text + f'\nnodes = "{tmp_path}/empty.json"\n'))
         assert out.returncode == 0, out.stderr
         assert "brokers mqtt://127.0.0.1:1883" in out.stdout
         assert SECRET not in out.stdout + out.stderr
@@ -166,3 +169,82 @@ def test_check_config_shows_brokers_without_userinfo(tmp_path):
     out = check_config(tmp_path / "gw.toml")
     if os.geteuid() != 0:  # root reads it anyway
         assert out.returncode == 2 and "Permission denied" in out.stderr
+
+
+def sensorcity(*args, timeout=30):
+    return subprocess.run([SENSORCITY, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(p, *words):
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr and all(w in lines[0] for w in words), lines
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A config whose registry and spool exist, to break one thing at a time."""
+    from sensorcity.gateway.registry import NodeEntry, Registry
+    Registry.add(tmp_path / "nodes.json", NodeEntry("n1", bytes(32), "urn:dev:ops:n1:", "noise"))
+    return {"nodes": str(tmp_path / "nodes.json"), "spool": str(tmp_path / "spool"),
+            "brokers": ["mqtt://127.0.0.1:9"], "metrics": ""}
+
+
+def toml(tmp_path, settings, extra=""):
+    import json
+    return write(tmp_path, "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+                 + extra)
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("extra, words", [
+    ("time_every = 0\n", ["time_every 0"]),
+    ("tcp_idle = -1\n", ["tcp_idle"]),
+    ('listen = ["tcp://127.0.0.1:99999"]\n', ["listen", "65535"]),
+])
+def test_check_config_and_run_refuse_a_broken_setting(tmp_path, site, extra, words):
+    """Issue 11 item 13: each was accepted (time_every = 0) or a traceback (port 99999)."""
+    cfg = toml(tmp_path, site, extra)
+    one_line(sensorcity("gateway", "check-config", "--config", str(cfg)), *words)
+    one_line(sensorcity("gateway", "run", "--config", str(cfg)), *words)
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("registry, words", [
+    (None, ["no such file", "provision"]),
+    ('{"nodes": {"n1": {"key": "", "base_name": "urn:x:", "sensor": "noise"}}}',
+     ["n1", "key of 0 bytes"]),
+    ('{"nodes": {"n1": {"key": "00", "base_name": "urn:x:", "sensor": "noise"}}}',
+     ["key of 1 bytes"]),
+    ("[1, 2]", ["unreadable"]),
+])
+def test_a_missing_or_broken_registry_is_one_line(tmp_path, site, registry, words):
+    """Issue 11 item 13: a missing registry started a gateway that rejected every frame; an
+    empty node key was accepted."""
+    path = tmp_path / "reg.json"
+    if registry is not None:
+        path.write_text(registry)
+    cfg = toml(tmp_path, {**site, "nodes": str(path)})
+    one_line(sensorcity("gateway", "check-config", "--config", str(cfg)), str(path), *words)
+    one_line(sensorcity("gateway", "run", "--config", str(cfg)), str(path), *words)
+
+
+@pytest.mark.adversarial
+def test_an_empty_registry_is_allowed_and_warned(tmp_path, site):
+    (tmp_path / "empty.json").write_text("")
+    p = sensorcity("gateway", "check-config", "--config",
+                   str(toml(tmp_path, {**site, "nodes": str(tmp_path / "empty.json")})))
+    assert p.returncode == 0 and "0 nodes" in p.stdout, p.stderr
+    assert "warning" in p.stderr and "holds no nodes" in p.stderr
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize("where", ["under-a-file", "/sys/sensorcity-spool"])
+def test_an_unwritable_spool_is_one_line(tmp_path, site, where):
+    """Issue 11 item 13: was a traceback from SQLite or mkdir (as root too: /sys refuses)."""
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("")
+        where = str(tmp_path / "file" / "spool")
+    cfg = toml(tmp_path, {**site, "spool": where})
+    one_line(sensorcity("gateway", "check-config", "--config", str(cfg)), "spool", where)
+    one_line(sensorcity("gateway", "run", "--config", str(cfg)), "spool", where)

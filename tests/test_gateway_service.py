@@ -15,6 +15,7 @@ from sensorcity.gateway.service import Gateway
 
 
 def make(tmp_path, **kw):
+    (tmp_path / "none.json").write_text("")  # an empty registry: allowed (and warned)
     cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(tmp_path / "s"),
                  nodes=str(tmp_path / "none.json"), metrics="", **kw)
     return Gateway(cfg)

@@ -139,7 +139,7 @@ class Gateway:
     """`sensorcity gateway run` as a process, with a TCP listener and metrics on free ports."""
 
     def __init__(self, tmp_path, brokers, nodes=("n1",), env=None, nodes_path=None,
-                 exe=SENSORCITY, **settings):
+                 exe=SENSORCITY, preexec_fn=None, **settings):
         self.tcp, self.http = free_port(), free_port()
         self.keys = registry(tmp_path / "nodes.json", list(nodes)) if nodes else {}
         self.spool = tmp_path / "spool"
@@ -151,7 +151,8 @@ class Gateway:
         self.log = open(tmp_path / "gateway.log", "w+")
         self.proc = subprocess.Popen([exe, "gateway", "run", "--config",
                                       str(tmp_path / "gw.toml")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     preexec_fn=preexec_fn)
         wait_until(self._listening, 15, "the gateway's listener")
 
     def _listening(self):

@@ -29,15 +29,13 @@ def decode_stream(data: bytes, key_for=lambda node: None):
             for r in senml.resolve(cbor2.loads(data)):
                 yield r.as_json()
             return
-        except (ValueError, senml.SenMLError, cbor2.CBORDecodeError):
+        except (ValueError, TypeError, RecursionError, senml.SenMLError, cbor2.CBORDecodeError):
             pass
     for cobs in frames.Deframer(limit=1 << 20).feed(data + b"\x00"):
         try:
-            raw = frames.check_crc(cobs)
-            item = cbor2.loads(raw)
-            _, kind, node, seq, body, _tag = item
-        except (frames.FrameError, ValueError, cbor2.CBORDecodeError, TypeError) as exc:
-            yield {"error": getattr(exc, "reason", "schema"), "bytes": len(cobs)}
+            kind, node, seq, body, _tag = frames.parse(frames.check_crc(cobs))
+        except frames.FrameError as exc:
+            yield {"error": exc.reason, "bytes": len(cobs)}
             continue
         out = {"kind": frames.KIND_NAMES.get(kind, kind), "node": node, "seq": seq}
         key = key_for(node)
@@ -52,10 +50,17 @@ def decode_stream(data: bytes, key_for=lambda node: None):
                 out["records"] = [r.as_json() for r in senml.resolve(body)]
             except senml.SenMLError as exc:
                 out["error"] = str(exc)
+            except (TypeError, ValueError, OverflowError) as exc:  # a hostile pack's odd types
+                out["error"] = f"schema: {exc}"
         else:
-            out["body"] = _jsonable(body)
+            out["body"] = body
+        try:
+            dumps(out)
+        except (RecursionError, ValueError) as exc:  # nested past what JSON can print
+            out = {"error": "schema", "bytes": len(cobs), "detail": str(exc)[:80]}
         yield out
 
 
 def dumps(obj) -> str:
-    return json.dumps(_jsonable(obj), separators=(",", ":"))
+    # CBOR has more types than JSON (tags, decimals, sets, big numbers): those print as text
+    return json.dumps(_jsonable(obj), separators=(",", ":"), default=str)
