@@ -15,6 +15,7 @@ from ..protocol import frames
 from . import health, notify
 from .commands import Commands
 from .config import Config
+from .downlink import Downlink
 from .ingest import Ingest, Link
 from .metrics import Metrics
 from .nodes import NodeTable, claimed_node
@@ -37,6 +38,7 @@ class Gateway:
         self.registry = Registry.load(cfg.nodes)
         self.spool = Spool(cfg.spool, cfg.spool_max_mb)
         self.verifier = Verifier(self.registry)
+        self.downlink = Downlink(self.spool, self.registry.key_for)
         self.uplink = Uplink(self.spool, cfg)
         self.ingest = Ingest(self.handle, cfg.serial_baud)
         self.ingest.on_overflow = lambda n: self.verifier.rejected.update(overflow=n)
@@ -87,13 +89,10 @@ class Gateway:
         return True
 
     def send(self, link: Link, node: str, kind: int, body) -> int:
-        key = self.registry.key_for(node)
-        seq = 0 if kind == frames.ACK else self.spool.next_downlink_seq(node)
-        link.send(frames.encode(key, kind, node, seq, body))
-        return seq
+        return self.downlink.send(link, node, kind, body)  # never waits for the disk
 
     def send_time(self, link: Link, node: str) -> None:
-        self.send(link, node, frames.TIME, int(time.time() * 1000))
+        self.downlink.time(link, node)
 
     def send_command(self, node: str, body: dict) -> int | None:
         link = self.links.get(node)
@@ -134,13 +133,6 @@ class Gateway:
                 await asyncio.sleep(1)
 
     # --- downlink: time and commands -------------------------------------------------------
-    async def time_sync(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.time_every)
-            for node, link in list(self.links.items()):
-                if link.open:
-                    self.send_time(link, node)
-
     async def resend_commands(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.cfg.cmd_resend))
@@ -225,7 +217,8 @@ class Gateway:
                          tg.create_task(self.uplink.run(), name="uplink"),
                          tg.create_task(self.uplink.messages(), name="commands in"),
                          tg.create_task(self.resend_commands(), name="commands out"),
-                         tg.create_task(self.time_sync(), name="time")]
+                         tg.create_task(self.downlink.time_sync(self.links, self.cfg.time_every),
+                                        name="time")]
                 ingress = []
                 for url in self.cfg.listen:
                     host, port = url[len("tcp://"):].rsplit(":", 1)
