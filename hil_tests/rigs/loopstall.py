@@ -38,13 +38,16 @@ def slow_commits(spool, hold: float):
 
 
 def old_downlink(gw) -> None:
-    """The synchronous path of before: a transaction (and its fsync) on the loop per number."""
+    """The synchronous path of before (Gateway.send until issue 13): a transaction, and its
+    fsync, on the loop for every TIME/CMD number, waiting for the spool's lock."""
     def send(link, node, kind, body):
         key = gw.registry.key_for(node)
         seq = 0 if kind == frames.ACK else gw.spool.next_downlink_seq(node)
+        if kind == frames.TIME:
+            body = int(time.time() * 1000)
         link.send(frames.encode(key, kind, node, seq, body))
         return seq
-    gw.send = send
+    gw.downlink.send = send
 
 
 async def lateness(out: list[float]) -> None:
