@@ -49,8 +49,9 @@ def reserved(path) -> dict:
 
 
 async def settle(dl: Downlink):
-    while dl.writer is not None and not dl.writer.done():
-        await asyncio.sleep(0.01)
+    """Until the reservations asked for are written (or have failed)."""
+    if dl.writer is not None:
+        await asyncio.wait_for(asyncio.shield(dl.writer), 30)
 
 
 def test_numbers_go_out_only_once_reserved_and_a_restart_goes_on_above(tmp_path):

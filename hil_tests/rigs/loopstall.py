@@ -10,6 +10,7 @@ on the event loop, spool.next_downlink_seq), so the bench shows both in one run.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ def _nodes(port: int, keys: dict[str, bytes], feeder: str, done: threading.Event
            times: dict[str, int], timeout: float) -> None:
     async def feed(stop: asyncio.Event):
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        key, seq, rng = keys[feeder], 0, loadsim.random.Random(1)
+        key, seq, rng = keys[feeder], 0, random.Random(1)
         while not stop.is_set():
             seq += 1
             w.write(frames.encode(key, frames.DATA, feeder, seq,
