@@ -151,23 +151,45 @@ def fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def main() -> int:
+def bench_gateway(tmp: Path) -> dict:
+    import gateway_bench  # the gateway's figures
+    return gateway_bench.run(tmp, RUNS)
+
+
+def bench_loop(tmp: Path) -> dict:
+    import loop_bench  # the event loop's stalls, before and after (issue 13)
+    return loop_bench.run(tmp, RUNS)
+
+
+PARTS = {"noise": bench_noise, "bytes": bench_bytes, "gateway": bench_gateway,
+         "loop": bench_loop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """All parts; or only the parts named (`python bench/run.py loop`), whose figures replace
+    theirs in results.json beside the others of the last full run."""
+    only = sys.argv[1:] if argv is None else argv
+    if set(only) - set(PARTS):
+        print(f"bench: unknown part {sorted(set(only) - set(PARTS))}; parts: {', '.join(PARTS)}",
+              file=sys.stderr)
+        return 2
     started = time.time()
-    results: dict = {}
+    results: dict = json.loads(RESULTS.read_text()) if only and RESULTS.exists() else {}
     with tempfile.TemporaryDirectory(prefix="sensorcity-bench-") as d:
         tmp = Path(d)
-        for name, fn in (("noise", bench_noise), ("bytes", bench_bytes)):
+        for name, fn in PARTS.items():
+            if only and name not in only:
+                continue
             t0 = time.time()
             results.update(fn(tmp))
             print(f"bench {name}: {time.time() - t0:.0f} s", file=sys.stderr)
-        if (ROOT / "bench" / "gateway_bench.py").exists():
-            import gateway_bench  # the gateway's figures
-            results.update(gateway_bench.run(tmp, RUNS))
     results["_machine"] = machine()
-    results["_seconds"] = round(time.time() - started, 1)
+    if not only or "_seconds" not in results:
+        results["_seconds"] = round(time.time() - started, 1)
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     write_report(results)
-    print(f"bench: {len(results) - 2} figures in {results['_seconds']} s -> {RESULTS}")
+    print(f"bench: {len(results) - 2} figures ({', '.join(only) or 'all parts'} measured in "
+          f"{time.time() - started:.0f} s) -> {RESULTS}")
     return 0
 
 

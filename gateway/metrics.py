@@ -103,6 +103,21 @@ class GatewayCollector:
         yield counter("commands_expired", "Commands given up after their time to live",
                       cmd.expired)
         yield gauge("commands_pending", "Commands waiting for a node's ack", len(cmd.pending))
+        dl = gw.downlink.stats
+        sent = CounterMetricFamily(P + "downlink_frames", "Frames sent to nodes, by kind",
+                                   labels=["kind"])
+        for kind, n in (("ack", dl.acks), ("time", dl.times), ("cmd", dl.commands)):
+            sent.add_metric([kind], n)
+        yield sent
+        yield counter("downlink_blocks_reserved", "Blocks of downlink numbers made durable",
+                      dl.blocks_reserved)
+        yield counter("downlink_reserve_failures",
+                      "Reservations of downlink numbers the spool could not write",
+                      dl.reserve_failures)
+        yield counter("downlink_unsent", "TIME/CMD frames dropped: no durable number for them",
+                      dl.unsent)
+        yield gauge("downlink_waiting", "TIME/CMD frames waiting for their number's reservation",
+                    dl.waiting)
         families = {
             "bytes": (CounterMetricFamily, "link_bytes", "Bytes read from a link"),
             "frames": (CounterMetricFamily, "link_frames", "Delimited frames read from a link"),

@@ -16,6 +16,7 @@ from ..protocol import frames
 from . import health, notify
 from .commands import Commands
 from .config import Config
+from .downlink import Downlink
 from .ingest import Ingest, Link, tcp_capacity
 from .metrics import Metrics
 from .nodes import NodeTable, claimed_node
@@ -44,6 +45,7 @@ class Gateway:
             raise FatalError(f"spool {cfg.spool}: {getattr(exc, 'strerror', None) or exc}") \
                 from exc
         self.verifier = Verifier(self.registry)
+        self.downlink = Downlink(self.spool, self.registry.key_for)
         self.uplink = Uplink(self.spool, cfg)
         self.ingest = Ingest(self.handle, cfg.serial_baud,
                              tcp_capacity(cfg.tcp_links_max) if cfg.listen else 0,
@@ -59,7 +61,9 @@ class Gateway:
         self.uplink.on_published = self.metrics.published
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
         self.links: dict[str, Link] = {}
-        self.newest: dict[str, int] = {}   # per node: the highest seq accepted (routes follow it)
+        # per node: the highest seq accepted (routes and re-flash floors follow it), from the
+        # spool once at start, then in memory: no hello waits for the spool's lock
+        self.newest: dict[str, int] = self.spool.seq_floors()
         self.commit_errors = 0
         self.commit_error_at = -1e9
         self.duplicates = 0
@@ -104,9 +108,7 @@ class Gateway:
 
     def _newest(self, node: str) -> int:
         """The node's highest accepted seq; after a restart, the highest its spool remembers."""
-        if node not in self.newest:
-            self.newest[node] = self.spool.seq_floor(node)
-        return self.newest[node]
+        return self.newest.get(node, -1)
 
     def _route(self, node: str, link: Link, seq: int) -> None:
         """Only a frame newer than any before it (no replay) moves a node's downlink (commands,
@@ -121,10 +123,7 @@ class Gateway:
             old.close()
 
     def send(self, link: Link, node: str, kind: int, body) -> int:
-        key = self.registry.key_for(node)
-        seq = 0 if kind == frames.ACK else self.spool.next_downlink_seq(node)
-        link.send(frames.encode(key, kind, node, seq, body))
-        return seq
+        return self.downlink.send(link, node, kind, body)  # never waits for the disk
 
     def send_floor(self, link: Link, frame: frames.Frame) -> None:
         """A hello names the node's epoch: the floor its numbers must go above (docs/protocol.md,
@@ -132,14 +131,14 @@ class Gateway:
         epoch = frames.hello_epoch(frame)
         if epoch is None:
             return
-        floor = max(self.spool.seq_floor(frame.node),
+        floor = max(self._newest(frame.node),
                     self.verifier.control_seq.get(frame.node, -1)) + 1
         self.verifier.floors.setdefault(frame.node, floor)  # the epoch's first: below it, a
         # hello is the node still waiting for its floor (Verifier.new_epoch)
         self.send(link, frame.node, frames.SEQ, {"epoch": epoch, "floor": floor})
 
     def send_time(self, link: Link, node: str) -> None:
-        self.send(link, node, frames.TIME, int(time.time() * 1000))
+        self.downlink.time(link, node)
 
     def send_command(self, node: str, body: dict) -> int | None:
         link = self.links.get(node)
@@ -190,13 +189,6 @@ class Gateway:
                 await asyncio.sleep(1)
 
     # --- downlink: time and commands -------------------------------------------------------
-    async def time_sync(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.time_every)
-            for node, link in list(self.links.items()):
-                if link.open:
-                    self.send_time(link, node)
-
     async def resend_commands(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.cfg.cmd_resend))
@@ -284,7 +276,8 @@ class Gateway:
                          tg.create_task(self.uplink.run(), name="uplink"),
                          tg.create_task(self.uplink.messages(), name="commands in"),
                          tg.create_task(self.resend_commands(), name="commands out"),
-                         tg.create_task(self.time_sync(), name="time"),
+                         tg.create_task(self.downlink.time_sync(self.links, self.cfg.time_every),
+                                        name="time"),
                          tg.create_task(asyncio.to_thread(self.spool.check), name="spool check")]
                 ingress = []
                 for url in self.cfg.listen:
