@@ -149,4 +149,4 @@ class Metrics:
     def published(self, rows) -> None:
         now = time.time()
         for row in rows:
-            self.latency.observe(max(0.0, now - row[3]))
+            self.latency.observe(max(0.0, now - row.received))

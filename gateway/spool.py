@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import cbor2
@@ -68,6 +69,16 @@ CREATE TRIGGER IF NOT EXISTS outbox_out AFTER DELETE ON outbox BEGIN
     UPDATE tally SET value = value - 1 WHERE name = 'rows';
     UPDATE tally SET value = value - OLD.readings WHERE name = 'readings'; END;
 """
+
+
+class Row(NamedTuple):
+    """An outbox row: a data frame waiting for the broker's PUBACK."""
+    id: int
+    node: str
+    seq: int
+    received: float   # when the gateway stored it (time.time())
+    pack: bytes       # its records, a SenML-CBOR pack
+    readings: int
 
 
 class SpoolFull(Exception):
@@ -335,11 +346,18 @@ class Spool:
 
     # --- uplink side -----------------------------------------------------------------------
     @_guarded
-    def oldest(self, limit: int) -> list[tuple[int, str, int, float, bytes, int]]:
+    def oldest(self, limit: int, after: int = 0) -> list[Row]:
+        """The first `limit` outbox rows with an id above `after`, in id (arrival) order."""
         with self.lock:
-            return self.db.execute(
-                "SELECT id, node, seq, received, pack, readings FROM outbox ORDER BY id LIMIT ?",
-                (limit,)).fetchall()
+            return [Row(*r) for r in self.db.execute(
+                "SELECT id, node, seq, received, pack, readings FROM outbox WHERE id > ? "
+                "ORDER BY id LIMIT ?", (after, limit))]
+
+    @_guarded
+    def newest_id(self) -> int:
+        """The id of the newest outbox row (0 when empty): where a backlog ends."""
+        with self.lock:
+            return self.db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
 
     @_guarded
     def release(self, ids: list[int]) -> None:

@@ -27,7 +27,7 @@ def spool_state(spool) -> dict:
     st = spool.stats()
     oldest = spool.oldest(1)
     return {"frames": st["rows"], "readings": st["readings"],
-            "oldest_received": oldest[0][3] if oldest else None,
+            "oldest_received": oldest[0].received if oldest else None,
             "used_bytes": st["used_bytes"], "budget_bytes": st["budget_bytes"],
             "dropped_frames": st["dropped_frames"], "dropped_readings": st["dropped_readings"],
             "dropped_intervals": st["dropped_intervals"]}

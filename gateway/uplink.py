@@ -307,7 +307,7 @@ class Uplink:
                 continue
             now = time.time()
             if self._mark is None:
-                age = now - oldest[0][3]
+                age = now - oldest[0].received
                 if len(oldest) < self.batch_max and age < self.batch_age and not self.draining:
                     await self._idle(self.batch_age - age)
                     continue
@@ -315,7 +315,7 @@ class Uplink:
                     await self._back_off()
                 continue
             # a backlog: its oldest batch at once, and live rows once they are batch_age old
-            if live and not (now - live[0][3] >= self.batch_age or
+            if live and not (now - live[0].received >= self.batch_age or
                              len(live) >= self.batch_max or self.draining):
                 live = []
             self.backlog_batches += 1
@@ -347,25 +347,16 @@ class Uplink:
         if self._mark is None:
             if len(oldest) < self.batch_max:
                 return oldest, []
-            mark = self._max_id()
-            if mark <= oldest[-1][0]:
+            mark = self.spool.newest_id()
+            if mark <= oldest[-1].id:
                 return oldest, []   # exactly one batch waits: no backlog
             self._mark = mark
             log.info("draining a backlog of rows up to id %d", mark)
-        backlog = [r for r in oldest if r[0] <= self._mark]
+        backlog = [r for r in oldest if r.id <= self._mark]
         if not backlog:
             self._mark = None       # drained: one lane again
             return oldest, []
-        # the spool offers oldest(); the live lane is read here under the spool's own lock
-        with self.spool.lock:
-            live = self.spool.db.execute(
-                "SELECT id, node, seq, received, pack, readings FROM outbox WHERE id > ? "
-                "ORDER BY id LIMIT ?", (self._mark, self.batch_max)).fetchall()
-        return backlog, live
-
-    def _max_id(self) -> int:
-        with self.spool.lock:
-            return self.spool.db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+        return backlog, self.spool.oldest(self.batch_max, after=self._mark)
 
     async def _publish(self, client: Client, rows) -> bool:
         """True when the broker took the batch (and its rows are released)."""
@@ -385,7 +376,7 @@ class Uplink:
             self.in_flight -= 1
         self._refusal_backoff = BACKOFF_MIN
         # a PUBACK that accepts: only now may the rows go
-        await asyncio.to_thread(self.spool.release, [r[0] for r in rows])
+        await asyncio.to_thread(self.spool.release, [r.id for r in rows])
         if self.cfg.replay_window:
             self._remember(payload, batch_id, len(rows))
         self.published_batches += 1
@@ -411,16 +402,16 @@ class Uplink:
         records, bad = [], []
         for row in rows:
             try:
-                pack = cbor2.loads(row[4])
+                pack = cbor2.loads(row.pack)
                 if not isinstance(pack, list):
                     raise ValueError("not a list")
             except Exception:  # a damaged row: quarantined, it never blocks the rows behind it
-                bad.append(row[0])
+                bad.append(row.id)
                 continue
             records.extend(pack)
         if bad:  # rare: a short transaction on the loop
             self.spool.quarantine(bad, "pack does not decode")
-        batch_id = f"{self.gateway_id}:{rows[0][0]}-{rows[-1][0]}"
+        batch_id = f"{self.gateway_id}:{rows[0].id}-{rows[-1].id}"
         if not records and bad:
             return None, batch_id, 0
-        return cbor2.dumps(records), batch_id, sum(r[5] for r in rows if r[0] not in bad)
+        return cbor2.dumps(records), batch_id, sum(r.readings for r in rows if r.id not in bad)

@@ -30,6 +30,7 @@ def test_health_and_the_spool_counts_do_not_wait_for_a_commit(tmp_path):
     import threading
     from sensorcity.gateway.config import Config
     from sensorcity.gateway.service import Gateway
+    (tmp_path / "none.json").write_text("")  # an empty registry: allowed (and warned)
     cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(tmp_path / "s"),
                  nodes=str(tmp_path / "none.json"), metrics="")
     gw = Gateway(cfg)

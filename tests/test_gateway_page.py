@@ -58,7 +58,8 @@ def test_node_rows_from_the_service_hooks(tmp_path):
         gw = gateway(tmp_path)
         link = Link("tcp:127.0.0.1:5000", lambda b: None)
         hello = frames.encode(KEYS["e1"], frames.HELLO, "e1", 1,
-                              {"fw": "0.2.0", "interval": 30, "kind": "energy"})[:-1]
+                              {"fw": "0.2.0", "boot": 1, "interval": 30, "kind": "energy",
+                               "bn": "urn:dev:test:e1:"})[:-1]
         assert await feed(gw, link, hello) is True
         r = row(gw.nodes.view(1000.0), "e1")
         assert (r["firmware"], r["interval_s"], r["interval_from"]) == ("0.2.0", 30, "hello")
@@ -178,7 +179,9 @@ def test_no_secret_reaches_the_page_or_its_stream(tmp_path):
         gw = gateway(tmp_path, page_token=TOKEN)
         link = Link("tcp:127.0.0.1:5001", lambda b: None)
         for node in KEYS:
-            hello = frames.encode(KEYS[node], frames.HELLO, node, 1, {"fw": "0.2.0"})[:-1]
+            hello = frames.encode(KEYS[node], frames.HELLO, node, 1, {
+                "fw": "0.2.0", "boot": 1, "interval": 60, "bn": f"urn:dev:test:{node}:",
+                "kind": "energy" if node == "e1" else "noise"})[:-1]
             await feed(gw, link, hello)
         await feed(gw, link, data("e1", 2, 960, power(100)))
         await feed(gw, link, data("e1", 3, 1, power(1), key=KEYS["n1"]))   # n1's key on e1

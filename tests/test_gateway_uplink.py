@@ -7,6 +7,7 @@ from sensorcity.gateway.spool import Spool
 
 
 def make(tmp_path, **kw):
+    (tmp_path / "none.json").write_text("")  # an empty registry: allowed (and warned)
     cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(tmp_path / "s"),
                  nodes=str(tmp_path / "none.json"), metrics="", **kw)
     return uplink.Uplink(Spool(cfg.spool), cfg)

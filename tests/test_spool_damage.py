@@ -204,6 +204,7 @@ def test_gateway_comes_up_on_a_damaged_spool_and_says_so(tmp_path):
     sp.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     sp.close()
     overwrite(spool_dir / "spool.sqlite3", [1], random.Random(2))
+    (tmp_path / "none.json").write_text("")  # an empty registry: allowed (and warned)
     cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(spool_dir),
                  nodes=str(tmp_path / "none.json"), metrics="")
     gw = Gateway(cfg)  # before the fix: sqlite3.DatabaseError, file is not a database
@@ -230,6 +231,7 @@ def test_the_service_checks_the_spool_at_start(tmp_path):
     path = spool_dir / "spool.sqlite3"
     _, _, kinds = reference(path)
     overwrite(path, [pick(kinds, path, {}, "index", random.Random(3))], random.Random(4))
+    (tmp_path / "none.json").write_text("")  # an empty registry: allowed (and warned)
     cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(spool_dir),
                  nodes=str(tmp_path / "none.json"), metrics="", listen=[])
     gw = Gateway(cfg)
