@@ -289,13 +289,18 @@ def test_time_goes_to_nodes_on_hello_and_periodically(tmp_path):
     gw = Gateway(tmp_path, [broker.url], time_every=1.0)
     node = gw.node()
     try:
+        asked = time.time()
         node.send(0, kind=frames.HELLO, value={"fw": "test"})
-        wait_until(lambda: node.downlink, 5, "the time after hello")
+        wait_until(lambda: node.downlink, 15, "the time after hello")
+        got = time.time()
         first = node.downlink[0]
-        assert first.kind == frames.TIME and abs(first.body / 1000 - time.time()) < 2
-        time.sleep(3.2)
+        # the gateway's clock between the hello and the answer (a busy host widens the span)
+        assert first.kind == frames.TIME and asked - 0.01 <= first.body / 1000 <= got + 0.01
+        wait_until(lambda: sum(f.kind == frames.TIME for f in node.downlink) >= 4, 30,
+                   "three periodic times")
         times = [f for f in node.downlink if f.kind == frames.TIME]
-        assert 3 <= len(times) <= 5, times
+        # periodic, not a flood: no more than one a second (time_every) since the first
+        assert len(times) <= 2 + (time.time() - got) / 1.0, times
         assert [f.seq for f in times] == sorted({f.seq for f in times})  # fresh seq each time
     finally:
         node.close()
