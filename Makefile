@@ -39,8 +39,15 @@ system-deps:
 demo: install
 	$(BIN)/sensorcity demo
 
+# The whole suite, nothing skipped: its files side by side on TEST_JOBS workers (pytest-xdist;
+# the `heavy` group runs one at a time on one of them, tests/tiers.py). TEST_JOBS=0: one process.
+TEST_JOBS ?= 3
 test: install system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup --durations=25
+
+# While editing: the tests that need no emulated tier (no unix port, QEMU or mosquitto), a minute.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not (unixport or qemu or mosquitto)"
 
 bench: install system-deps
 	$(BIN)/python bench/run.py

@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from rigs.gateway import wait_until  # noqa: E402
 from rigs.node import Rig, gaps, series  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("heavy")  # one at a time, beside the light tests (tests/tiers.py)
+
 INTERVAL = 60
 DATA = {"energy": "p1_crc_errors", "noise": "LAeq", "traffic": "lane1/count"}
 

@@ -98,3 +98,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (f"{item.nodeid} started the {', '.join(missing)} tier without its "
                            f"mark: add @pytest.mark.{' and @pytest.mark.'.join(missing)} "
                            "(tests/tiers.py)")
+
+
+# --- running tiers side by side (`make test`: pytest-xdist, --dist loadgroup) -----------------
+HEAVY = "heavy"  # the long runs that load the CPU or keep a fast emulated clock: one at a time
+
+
+def schedule(items) -> None:
+    """A test file is one unit of work (its module fixtures are built once) unless its tests
+    name an xdist_group; the `heavy` group goes first (the longest unit: it bounds the run)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(str(item.path)))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != HEAVY)
