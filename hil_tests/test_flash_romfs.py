@@ -49,6 +49,7 @@ def _run(*args):
 
 
 @pytest.mark.qemu
+@pytest.mark.unixport  # the unix port writes the flash image (tools/sim/qemu.write_flash)
 def test_flash_app_romfs_boots_the_node_from_rom_with_its_bytecode_off_the_heap(tmp_path):
     cfg = _provision(tmp_path, "rom-1")
     # the board's own `machine` (ESP32 API over the AN385), in /lib as a board's firmware has it

@@ -14,7 +14,7 @@ from rigs.loadsim import run_load
 
 
 @pytest.mark.mosquitto
-@pytest.mark.xdist_group("heavy")  # one at a time, beside the light tests (tests/tiers.py)
+@pytest.mark.xdist_group("cpu-heavy")  # the two CPU-heavy runs: not side by side (tests/tiers.py)
 def test_200_nodes_for_a_minute(mosquitto, tmp_path):
     r = run_load(200, 60, mosquitto, tmp_path, gateway_id="load200")
     print("load:", json.dumps(r))

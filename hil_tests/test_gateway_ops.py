@@ -136,12 +136,14 @@ def test_backlog_drains_oldest_first_without_starving_live_data(tmp_path):
         seen[0] += len(new)
         seen[1] += sum(1 for m in new for r in cbor2.loads(m[2]) if r[2] < 1_000_000)
         return seen[1]
-    sent, stored_at = {}, {}  # live seq -> send time; -> backlog records at the broker by its ack
+    sent, before, stored_at = {}, {}, {}  # live seq -> send time; backlog records at the broker
+    # before its send (>0: sent after the drain began, so above the backlog's mark); by its ack
     try:
         seq = 0
         began = time.monotonic()
         while old_at_broker() < backlog:
             assert time.monotonic() - began < 600, f"the backlog did not drain: {seen[1]}"
+            before[seq] = old_at_broker()
             sent[seq] = time.time()
             node.send(seq, value=1_000_000 + seq)
             wait_until(lambda: seq in node.acked, 30, f"the ack of live frame {seq}")
@@ -166,8 +168,8 @@ def test_backlog_drains_oldest_first_without_starving_live_data(tmp_path):
             else:
                 old_order.append(r[2])
     assert old_order == list(range(backlog))             # oldest first, each once
-    # stored after the drain began (a backlog record was out), while half of it remained
-    early = [s for s in stored_at if 0 < stored_at[s] < backlog // 2]
+    # sent after the drain began (a backlog record was out), stored while half of it remained
+    early = [s for s in stored_at if before[s] > 0 and stored_at[s] < backlog // 2]
     assert len(early) >= 3, ("too few live frames went in while half the backlog remained "
                              "to show starvation", stored_at)
     late = {s: old_before[s] for s in early if old_before[s] >= backlog}

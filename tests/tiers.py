@@ -101,13 +101,10 @@ def pytest_runtest_makereport(item, call):
 
 
 # --- running tiers side by side (`make test`: pytest-xdist, --dist loadgroup) -----------------
-HEAVY = "heavy"  # the long runs that load the CPU or keep a fast emulated clock: one at a time
-
-
 def schedule(items) -> None:
     """A test file is one unit of work (its module fixtures are built once) unless its tests
-    name an xdist_group; the `heavy` group goes first (the longest unit: it bounds the run)."""
+    name an xdist_group; the emulated-hardware files, the longer units, go first."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(str(item.path)))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != HEAVY)
+    items.sort(key=lambda item: "hil_tests" not in Path(str(item.path)).parts)
