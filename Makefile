@@ -43,8 +43,19 @@ system-deps:
 demo: install
 	$(BIN)/sensorcity demo
 
+# The whole suite, nothing skipped, in two runs: its files side by side on TEST_JOBS pytest-xdist
+# workers (tests/tiers.py), then the `alone` tests one at a time (an accelerated emulated clock: a
+# loaded host shifts it). Fails if either run fails or finds no tests.
+TEST_JOBS ?= 3
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 test: install system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	@rc=0; $(PYTEST) -n $(TEST_JOBS) --dist loadgroup -m "not alone" || rc=$$?; \
+	$(PYTEST) -m alone || rc=$$?; \
+	exit $$rc
+
+# While editing: the tests that need no emulated tier (no unix port, QEMU or mosquitto), a minute.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not (unixport or qemu or mosquitto)"
 
 bench: install system-deps
 	$(BIN)/python bench/run.py

@@ -6,6 +6,8 @@ import pytest
 from mprun import *  # noqa: F401,F403 (both tiers' conftest modules offer the same helpers)
 from rigs.targets import NODE_TARGETS, node_target
 from rigs.mosquitto import Mosquitto
+from tiers import (check_fixture_tiers, pytest_runtest_makereport, pytest_runtest_setup,  # noqa: F401
+                   schedule)
 
 
 @pytest.fixture
@@ -33,6 +35,8 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_collection_modifyitems(config, items):
+    check_fixture_tiers(items, __file__)
+    schedule(items)
     if config.getoption("--port"):
         return
     skip = pytest.mark.skip(reason="needs a real board: give --port DEV")

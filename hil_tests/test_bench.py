@@ -127,6 +127,7 @@ def _provision(tmp_path, node_id, sensor="noise", interval=2, calibration=0.0):
     return reg, cfg
 
 
+@pytest.mark.unixport
 def test_flash_app_checks_each_file_and_skips_what_is_there(tmp_path):
     _, cfg = _provision(tmp_path, "b1")
     with BenchBoard(tmp_path / "flash.img") as board:
@@ -147,6 +148,7 @@ def test_flash_app_checks_each_file_and_skips_what_is_there(tmp_path):
         assert third["removed"] == ["noise.py"]
 
 
+@pytest.mark.unixport
 @pytest.mark.mosquitto
 def test_bench_flow_provision_flash_boot_hello_gateway(mosquitto, tmp_path):
     reg, cfg = _provision(tmp_path, "bench-1")
@@ -182,6 +184,7 @@ def test_bench_flow_provision_flash_boot_hello_gateway(mosquitto, tmp_path):
         assert abs(laeq[0][2] - 70.0) < 0.2, laeq
 
 
+@pytest.mark.unixport
 def test_plain_flash_does_both_then_waits_for_the_hello(rom, tmp_path):
     # esptool talks to the ROM emulator; the REPL and the link are the bench board's console
     url = rom("esp32")
@@ -199,6 +202,7 @@ def test_plain_flash_does_both_then_waits_for_the_hello(rom, tmp_path):
     assert esptool_verify(url, 0x1000, image).returncode == 0
 
 
+@pytest.mark.unixport
 def test_calibrate_with_a_94_db_calibrator(tmp_path):
     _, cfg = _provision(tmp_path, "cal-1", interval=30)
     hot = 2.5  # this microphone reads 2.5 dB above its datasheet sensitivity
@@ -232,6 +236,7 @@ def test_calibrate_with_a_94_db_calibrator(tmp_path):
         tone.close()
 
 
+@pytest.mark.unixport
 def test_monitor_shows_decoded_frames_and_a_sparkline(tmp_path):
     _, cfg = _provision(tmp_path, "mon-1", interval=1)
     tone = ToneSource(MIC_SENS - 30.0)  # 64 dB SPL

@@ -49,6 +49,7 @@ def _run(*args):
 
 
 @pytest.mark.qemu
+@pytest.mark.unixport  # the unix port writes the flash image (tools/sim/qemu.write_flash)
 def test_flash_app_romfs_boots_the_node_from_rom_with_its_bytecode_off_the_heap(tmp_path):
     cfg = _provision(tmp_path, "rom-1")
     # the board's own `machine` (ESP32 API over the AN385), in /lib as a board's firmware has it
@@ -83,6 +84,7 @@ def test_flash_app_romfs_boots_the_node_from_rom_with_its_bytecode_off_the_heap(
     assert plain_alloc - rom_alloc >= 10 * KIB, (plain_alloc, rom_alloc)
 
 
+@pytest.mark.unixport
 def test_flash_app_romfs_on_a_board_without_a_romfs_partition_is_one_line(tmp_path):
     cfg = _provision(tmp_path, "rom-2")
     with BenchBoard(tmp_path / "flash.img") as board:  # the unix port: no vfs.rom_ioctl

@@ -41,6 +41,8 @@ def gaps(ts: list[int]) -> list[tuple[int, int]]:
 
 @pytest.mark.fault
 @pytest.mark.mosquitto
+@pytest.mark.unixport
+@pytest.mark.xdist_group("cpu-heavy")  # the two CPU-heavy runs: not side by side (tests/tiers.py)
 def test_kill_9_three_times_and_broker_down_lose_nothing(tmp_path):
     broker = Mosquitto(tmp_path / "mq", extra=("max_queued_messages 100000",))
     stats = Stats()

@@ -111,13 +111,14 @@ def test_status_is_retained_and_the_will_says_offline(tmp_path):
 
 def test_backlog_drains_oldest_first_without_starving_live_data(tmp_path):
     """A spool of 120000 frames from an outage (600 batches of 200) and a node sending a live
-    frame every 0.1 s: live frames reach the broker within 2.5 s all the while (starved, they
-    would wait for the whole drain), and the backlog arrives oldest first."""
+    frame every 0.05 s: the backlog arrives oldest first, and live frames are not starved. The
+    test asserts on order, not on speed: a starving gateway publishes every live frame after
+    the whole backlog, so each live frame the gateway had stored (acked) before half the backlog
+    was at the broker must arrive while the backlog still drains, whatever the machine's pace."""
     broker = Mosquitto(tmp_path / "broker")
     registry(tmp_path / "nodes.json", ["n1", "old"])
     spool = Spool(tmp_path / "spool")
     backlog = 120000
-    bound = 2.5
     t0 = int(time.time()) - 86400
     with spool.transaction():
         for i in range(backlog):
@@ -127,43 +128,57 @@ def test_backlog_drains_oldest_first_without_starving_live_data(tmp_path):
     sub = Subscriber(broker, ["sensorcity/v1/+/batch"])
     gw = Gateway(tmp_path, [broker.url], nodes=("n1", "old"), batch_age=0.5, batch_max=200)
     node = gw.node()
-    sent = {}
+    seen = [0, 0]  # messages read, backlog records among them
+
+    def old_at_broker():
+        with sub.lock:
+            new = sub.messages[seen[0]:]
+        seen[0] += len(new)
+        seen[1] += sum(1 for m in new for r in cbor2.loads(m[2]) if r[2] < 1_000_000)
+        return seen[1]
+    sent, before, stored_at = {}, {}, {}  # live seq -> send time; backlog records at the broker
+    # before its send (>0: sent after the drain began, so above the backlog's mark); by its ack
     try:
-        began = time.monotonic()
         seq = 0
-        while time.monotonic() - began < 60:
+        began = time.monotonic()
+        while old_at_broker() < backlog:
+            assert time.monotonic() - began < 600, f"the backlog did not drain: {seen[1]}"
+            before[seq] = old_at_broker()
             sent[seq] = time.time()
             node.send(seq, value=1_000_000 + seq)
+            wait_until(lambda: seq in node.acked, 30, f"the ack of live frame {seq}")
+            stored_at[seq] = old_at_broker()
             seq += 1
-            time.sleep(0.1)
-            if len([v for v in values(sub) if v < 1_000_000]) == backlog and seq > 20:
-                break
+            time.sleep(0.05)
         drain_s = time.monotonic() - began
-        drained_at = time.time()
-        wait_until(lambda: len([v for v in values(sub) if v >= 1_000_000]) == seq, 10,
+        wait_until(lambda: len([v for v in values(sub) if v >= 1_000_000]) == seq, 30,
                    "every live frame")
     finally:
         node.close()
         gw.stop()
         sub.close()
         broker.stop()
-    arrivals = {}
+    arrivals, old_before = {}, {}  # live seq -> arrival time; -> backlog records before it
     old_order = []
     for arrived, _, payload, _, _ in sub.on("/batch"):
         for r in cbor2.loads(payload):
             if r[2] >= 1_000_000:
                 arrivals[r[2] - 1_000_000] = arrived
+                old_before[r[2] - 1_000_000] = len(old_order)
             else:
                 old_order.append(r[2])
     assert old_order == list(range(backlog))             # oldest first, each once
-    live_during_drain = [s for s in sent if sent[s] < drained_at]
+    # sent after the drain began (a backlog record was out), stored while half of it remained
+    early = [s for s in stored_at if before[s] > 0 and stored_at[s] < backlog // 2]
+    assert len(early) >= 3, ("too few live frames went in while half the backlog remained "
+                             "to show starvation", stored_at)
+    late = {s: old_before[s] for s in early if old_before[s] >= backlog}
+    assert not late, f"live frames waited for the whole backlog (seq: backlog before it): {late}"
     latency = sorted(arrivals[s] - sent[s] for s in sent)
-    assert len(latency) == seq and latency[-1] < bound, (latency[-5:], drain_s)
     print(f"\nbacklog of {backlog} frames drained in {drain_s:.1f} s "
-          f"({backlog / drain_s:.0f} frames/s) while {len(live_during_drain)} live frames "
-          f"arrived with latency median {latency[len(latency) // 2]:.2f} s, "
+          f"({backlog / drain_s:.0f} frames/s) while {len(early)} live frames went in before "
+          f"half of it was out; live latency median {latency[len(latency) // 2]:.2f} s, "
           f"max {latency[-1]:.2f} s")
-    assert drain_s > bound + 1, "the backlog was too small to show starvation"
 
 
 def test_sigterm_drains_in_flight_work_and_exits_within_10s(tmp_path):
@@ -276,14 +291,19 @@ def test_time_goes_to_nodes_on_hello_and_periodically(tmp_path):
     gw = Gateway(tmp_path, [broker.url], time_every=1.0)
     node = gw.node()
     try:
+        asked = time.time()
         node.send(0, kind=frames.HELLO, value={"fw": "test", "boot": 1, "kind": "energy",
                                                "bn": "urn:dev:ops:n1:", "interval": 60})
-        wait_until(lambda: node.downlink, 5, "the time after hello")
+        wait_until(lambda: node.downlink, 15, "the time after hello")
+        got = time.time()
         first = node.downlink[0]
-        assert first.kind == frames.TIME and abs(first.body / 1000 - time.time()) < 2
-        time.sleep(3.2)
+        # the gateway's clock between the hello and the answer (a busy host widens the span)
+        assert first.kind == frames.TIME and asked - 0.01 <= first.body / 1000 <= got + 0.01
+        wait_until(lambda: sum(f.kind == frames.TIME for f in node.downlink) >= 4, 30,
+                   "three periodic times")
         times = [f for f in node.downlink if f.kind == frames.TIME]
-        assert 3 <= len(times) <= 5, times
+        # periodic, not a flood: no more than one a second (time_every) since the first
+        assert len(times) <= 2 + (time.time() - got) / 1.0, times
         assert [f.seq for f in times] == sorted({f.seq for f in times})  # fresh seq each time
     finally:
         node.close()

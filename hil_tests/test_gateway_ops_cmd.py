@@ -13,7 +13,7 @@ from rigs.gateway import Gateway, Mosquitto, Subscriber, wait_until
 from rigs.targets import SENSORCITY
 from sensorcity.protocol import senml
 
-pytestmark = pytest.mark.mosquitto
+pytestmark = [pytest.mark.mosquitto, pytest.mark.unixport]
 
 
 def series(sub, quantity):
@@ -44,17 +44,20 @@ def test_interval_and_reboot_commands_reach_the_node_and_are_acked(tmp_path):
     try:
         wait_until(lambda: len(series(sub, "energy_import_t1")) >= 3, 40, "3 intervals of 3 s")
         before = [t for t, _ in series(sub, "energy_import_t1")]
-        assert {b - a for a, b in zip(before, before[1:])} == {3}
+        assert all(t % 3 == 0 for t in before), before  # 3 s intervals start on multiples of 3
 
         sub.publish(topic, json.dumps({"op": "interval", "value": 1, "id": "i1"}))
         wait_until(lambda: acks(sub), 15, "the interval command's ack")
         ack = acks(sub)[0]
         assert ack["status"] == "acked" and ack["id"] == "i1" and ack["op"] == "interval"
         acked_at = time.time()
-        wait_until(lambda: len([t for t, _ in series(sub, "energy_import_t1")
-                                if t > acked_at + 1]) >= 4, 30, "4 intervals of 1 s")
-        after = [t for t, _ in series(sub, "energy_import_t1") if t > acked_at + 1]
-        assert {b - a for a, b in zip(after, after[1:])} == {1}
+
+        def one_second_steps():
+            after = [t for t, _ in series(sub, "energy_import_t1") if t > acked_at + 1]
+            return [b - a for a, b in zip(after, after[1:])].count(1)
+        # 3 s intervals never step by 1 s; a loaded host may stall the emulated node's loop past
+        # a boundary (two intervals close as one, a 2 s step), so count the 1 s steps
+        wait_until(lambda: one_second_steps() >= 3, 60, "3 steps of 1 s between intervals")
 
         boots = max(v for _, v in series(sub, "boot_count"))
         sub.publish(topic, json.dumps({"op": "reboot", "id": "r1"}))

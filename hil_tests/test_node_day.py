@@ -34,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from rigs.gateway import wait_until  # noqa: E402
 from rigs.node import Rig, gaps, series  # noqa: E402
 
+pytestmark = pytest.mark.alone  # an accelerated board clock: a loaded host shifts it
+
 INTERVAL = 60
 DATA = {"energy": "p1_crc_errors", "noise": "LAeq", "traffic": "lane1/count"}
 
@@ -69,10 +71,10 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
         time.sleep(max(0.0, t0 + hours * host - time.monotonic()))
         drain = time.monotonic()
         if target == "qemu":
-            ts, produced = _delivered_from_qemu(rig, timeout=max(60.0, 0.2 * hours * host))
+            ts, produced = _delivered_from_qemu(rig, timeout=max(180.0, 0.2 * hours * host))
         else:
             produced = rig.produced()
-            rig.wait_delivered(produced, timeout=max(60.0, 0.2 * hours * host))
+            rig.wait_delivered(produced, timeout=max(180.0, 0.2 * hours * host))
             ts = series(produced, DATA[kind])
         drained = time.monotonic() - drain
         health = rig.health()
@@ -134,7 +136,7 @@ def check(r: dict) -> None:
     assert r["arrival_in_order"], "the backlog did not arrive oldest first"
     assert r["arrival"][:len(ts)] == ts
     # No interval left out, but for one: at 240x a 250 ms pause of the host (the machine is
-    # shared) is a whole 60 s interval on the board's clock, and the energy pipeline, which looks
+    # shared; 500 ms at the suite's 120x) is a whole 60 s interval on the board's clock, and the energy pipeline, which looks
     # at the clock every 200 ms, then closes two intervals as one. Seen once at boot in a 24 h
     # run; the drain's flash writes did it too until the sender yielded between releases.
     assert len(r["gaps"]) <= 1 and all(b - a == 2 * INTERVAL for a, b in r["gaps"]), r["gaps"]
@@ -143,14 +145,27 @@ def check(r: dict) -> None:
     assert r["broker_duplicates"] == 0
 
 
+@pytest.fixture
+def ram_dir(tmp_path):
+    """The board's flash image, its node log and the gateway's spool in RAM (tmpfs) where there
+    is one: at 120x a 100 ms stall of a shared host's disk is 12 s on the board's clock."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=shm, prefix="sensorcity-day-") as d:
+        yield Path(d)
+
+
 @pytest.mark.fault
 @pytest.mark.mosquitto
 @pytest.mark.unixport
-def test_shortened_day_with_an_outage(mosquitto, tmp_path):
-    # 3 simulated hours with a 1 h outage in the middle at 240x: 45 s of the host's. At 360x a
-    # host hiccup of 170 ms is a whole 60 s interval on the board's clock, and the energy
-    # pipeline's 200 ms loop then closes two intervals as one (seen under load)
-    r = simulated_day(tmp_path, mosquitto, hours=3, outage=1, speed=240)
+def test_shortened_day_with_an_outage(mosquitto, ram_dir):
+    # 2 simulated hours with a 40 min outage in the middle at 120x: 60 s of the host's. At 240x
+    # a 250 ms pause of a loaded host (seen, the suite's files running beside it or not) is a
+    # whole 60 s interval on the board's clock, and the energy pipeline's 200 ms loop then
+    # closes two intervals as one; at 120x it takes a 500 ms pause
+    r = simulated_day(ram_dir, mosquitto, hours=2, outage=2 / 3, speed=120)
     print("day:", json.dumps({k: v for k, v in r.items() if k not in ("arrival", "ts")}))
     check(r)
 
@@ -158,11 +173,12 @@ def test_shortened_day_with_an_outage(mosquitto, tmp_path):
 @pytest.mark.fault
 @pytest.mark.mosquitto
 @pytest.mark.qemu
-def test_shortened_day_in_64k_on_the_qemu_board(mosquitto, tmp_path):
-    # the 32-bit board, its modules in the ROMFS: 3 simulated hours with a 1 h outage in 64 KiB
-    # of heap at 60x (3 min of the host's; at 120x the emulated CPU is saturated and the energy
-    # pipeline closes two intervals as one)
-    r = simulated_day(tmp_path, mosquitto, hours=3, outage=1, speed=60, heap="64k",
+@pytest.mark.unixport  # the unix port writes the QEMU board's flash image
+def test_shortened_day_in_64k_on_the_qemu_board(mosquitto, ram_dir):
+    # the 32-bit board, its modules in the ROMFS: 2 simulated hours with a 40 min outage in
+    # 64 KiB of heap at 60x (2 min of the host's; at 120x the emulated CPU is saturated and the
+    # energy pipeline closes two intervals as one)
+    r = simulated_day(ram_dir, mosquitto, hours=2, outage=2 / 3, speed=60, heap="64k",
                       target="qemu")
     print("day:", json.dumps({k: v for k, v in r.items() if k not in ("arrival", "ts")}))
     check(r)

@@ -15,7 +15,8 @@ from sensorcity.tools.sim.qemu import QemuNode
 from rigs.serialmock import VirtualCable
 from test_serial_link import _subscribe, quantity_records
 
-pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto]
+pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto, pytest.mark.unixport]  # unixport: the
+# unix port writes the board's flash image (tools/sim/qemu.write_flash)
 WRAP_IN = 8.0
 
 

@@ -88,6 +88,7 @@ def a_weight_db(f):
 
 
 @pytest.mark.mosquitto
+@pytest.mark.unixport  # the unix port writes the board's flash image
 def test_noise_node_reports_the_tone_level_through_a_gateway(mosquitto, tmp_path):
     reg, cfg = tmp_path / "nodes.json", tmp_path / "n1.json"
     subprocess.run([SENSORCITY, "provision", "--node-id", "n1", "--sensor", "noise",

@@ -37,8 +37,10 @@ def test_ticks_advance_at_real_speed(board):
         "time.sleep_ms(400)\n"
         "print(time.ticks_diff(time.ticks_ms(), m), time.ticks_diff(time.ticks_us(), u))"))
     host = time.monotonic() - t0
-    assert 400 <= ms <= 400 + 60
-    assert 399_000 <= us <= 460_000  # ms ticks counted 400 whole ms
+    # the board's clock runs no slower than the sleep asked and no faster than the host's
+    # (a busy host only wakes the board late: both bounds hold at any load)
+    assert 400 <= ms <= host * 1000 + 2, (ms, host)
+    assert 399_000 <= us  # ms ticks counted 400 whole ms
     assert abs(us / 1000 - ms) <= 2
     assert host >= 0.4  # the board's 400 ms took at least 400 ms of real time
 
@@ -145,11 +147,13 @@ def test_asyncio_echoes_a_line_from_the_uart(board):
         "    sys.stdout.write('echo %d %s' % (ticks, line.decode()))\n"
         "asyncio.run(main())")
     board.read_until(b"ready\r\n")
-    time.sleep(0.6)
+    time.sleep(1.0)
     board.serial.write(b"hello node\n")
     _, ticks, text = board.read_until(b"\n", timeout=5).decode().split(" ", 2)
     assert text == "hello node\r\n"  # stdout is a text stream: \n goes out as \r\n
-    assert int(ticks) >= 8  # 600 ms of 50 ms ticks went by while the reader waited
+    # the ticker ran while the reader waited (a blocked loop counts none; a busy host wakes the
+    # board's 50 ms sleeps late, so ask for far fewer than 1 s of them)
+    assert int(ticks) >= 4, ticks
     board.read_until(b"\x04\x04>")
 
 

@@ -15,7 +15,7 @@ from sensorcity.tools.sim.signals import Meter
 from test_p1 import DATA, oracle, spec_for
 from test_replay import a_weight_db, by_time, tone, vehicle, write_wav
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.unixport]  # each input runs on both targets
 
 
 def replay(target, *args, heap="64k"):

@@ -21,7 +21,8 @@ from sensorcity.tools.sim.qemu import QemuNode
 from rigs.serialmock import VirtualCable
 from test_serial_link import _subscribe
 
-pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto]
+# alone: the host sends edges on the board's clock to within EDGE; a loaded host shifts them
+pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto, pytest.mark.unixport, pytest.mark.alone]
 HEAP = "64k"  # an ESP32's budget
 INTERVAL = 5
 # The host cannot know the board's interval boundaries to the second: the node's clock starts at

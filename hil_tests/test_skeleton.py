@@ -36,6 +36,7 @@ def resolve(pack):
 
 
 @pytest.mark.mosquitto
+@pytest.mark.unixport
 def test_demo_delivers_resolvable_batches_to_mosquitto(mosquitto):
     batches = []
     connected = threading.Event()

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import MP_TESTS, run_micropython
 
+pytestmark = pytest.mark.unixport  # every test runs the DSP under the unix port
+
 DRIVER = MP_TESTS / "noise_driver.py"
 SENS = -26.0
 BANDS = [31.5, 40, 50, 63, 80, 100, 125, 160, 200, 250, 315, 400, 500, 630, 800, 1000, 1250,

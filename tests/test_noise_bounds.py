@@ -17,6 +17,8 @@ import pytest
 
 from conftest import run_micropython
 
+pytestmark = pytest.mark.unixport
+
 X = 2.0 ** 28
 M = 2 ** 18
 RATES = (16000, 32000, 48000)

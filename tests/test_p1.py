@@ -282,6 +282,7 @@ TALLY = {}  # figures for docs/energy.md: see figures()
 
 # -- tests --------------------------------------------------------------------------------------
 
+@pytest.mark.unixport
 @pytest.mark.parametrize("name", FILES)
 def test_each_real_telegram_matches_dsmr_parser(tmp_path, name):
     text = (DATA / name).read_bytes().decode("latin-1")
@@ -306,6 +307,7 @@ def test_heat_meter_is_not_gas_and_water_meter_is_not_gas():
     assert oracle(be, specs.BELGIUM_FLUVIUS)["gas_volume"] == 112384  # channel 1, not water on 2
 
 
+@pytest.mark.unixport
 @pytest.mark.parametrize("name", FILES)
 def test_streams_with_faults_match_dsmr_parser(tmp_path, name):
     base = (DATA / name).read_bytes().decode("latin-1")
@@ -318,6 +320,7 @@ def test_streams_with_faults_match_dsmr_parser(tmp_path, name):
         check_stream(tmp_path, stream, valid, injected, spec, seed=k + 1)
 
 
+@pytest.mark.unixport
 @pytest.mark.parametrize("name", ["dsmr_v5_iskra_2mbus.txt", "dsmr_v2_2_iskra_mt382.txt"])
 def test_clean_stream_in_float_mode(tmp_path, name):
     base = (DATA / name).read_bytes().decode("latin-1")
@@ -326,6 +329,7 @@ def test_clean_stream_in_float_mode(tmp_path, name):
     check_stream(tmp_path, stream, valid, 0, spec_for(name), seed=3, mode="float")
 
 
+@pytest.mark.unixport
 @pytest.mark.parametrize("name", ["at_sagemcom_t210_d_r.txt", "hu_eon_v5.txt"])
 def test_single_rate_meter_reports_its_register_as_tariff_1(tmp_path, name):
     body, _ = split((DATA / name).read_bytes().decode("latin-1"))

@@ -173,7 +173,14 @@ def test_kill_9_at_random_points_loses_nothing_acked(tmp_path):
     for round_ in range(12):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "spool"),
                                  str(acked), f"node{round_ % 3}", str(got), str(start)])
-        time.sleep(rng.uniform(0.3, 1.2))
+        # the kill falls at a random point once this round's writer has acked 100 frames (an
+        # event: a slow or busy host only takes longer to get there)
+        floor = len(acked.read_text().splitlines()) + 100
+        deadline = time.monotonic() + 120
+        while len(acked.read_text().splitlines()) < floor:
+            assert proc.poll() is None and time.monotonic() < deadline, "the writer stopped"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         start += 100_000
