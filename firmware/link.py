@@ -122,23 +122,6 @@ def frame_seq(wire):
     return cbor.decode_at(buf, i)[0]
 
 
-def reseq(key, wire, seq):
-    """One of our own wire frames again under a new sequence number (body bytes kept)."""
-    buf = split_frame(cobs_decode(wire[:-1]))
-    i = 1
-    for _ in range(3):
-        i = cbor.decode_at(buf, i)[1]
-    end = cbor.decode_at(buf, i)[1]
-    out = bytearray(buf[:i])
-    cbor.encode_into(out, seq)
-    out.extend(buf[end:len(buf) - 1 - TAG_LEN])
-    tag = hmac_sha256(key, out)[:TAG_LEN]
-    out.append(0x40 | TAG_LEN)
-    out.extend(tag)
-    out.extend(struct.pack("<I", binascii.crc32(out) & 0xFFFFFFFF))
-    return cobs_encode(out) + b"\x00"
-
-
 class Deframer:
     """Collects bytes up to each 0x00 delimiter in a preallocated buffer; a frame longer than the
     buffer is dropped and counted, and the reader resyncs at the next delimiter."""

@@ -232,6 +232,7 @@ class Node:
         """Every record stored before the floor came goes to the store's head under a number
         above the floor, oldest first; the old one is released. Resumed after a reboot."""
         st = self.store
+        from renumber import reseq
         st.max_segments += 1  # the copies' head segment: a full ring drops nothing for them
         while self.move_seg >= 0 and (st.tail_seg < self.move_seg or (
                 st.tail_seg == self.move_seg and st.tail_off < self.move_off)):
@@ -240,7 +241,7 @@ class Node:
                 break
             old = st.seq
             seq = self.seq.take()
-            st.append(link.reseq(self.key, frame, seq), seq)
+            st.append(reseq(self.key, frame, seq), seq)
             st.pop()
             if self.trace:
                 import sys

@@ -55,6 +55,7 @@ class Downlink:
         self.wanted: dict[str, int] = {}          # node -> reservation still to write
         self.held: dict[str, deque] = {}          # node -> (link, seq, kind, body) waiting
         self.writer: asyncio.Task | None = None
+        self.clock: Callable[[], float] = time.time  # the time TIME frames carry (a test's seam)
 
     # --- frames ----------------------------------------------------------------------------
     def send(self, link, node: str, kind: int, body) -> int:
@@ -85,7 +86,7 @@ class Downlink:
 
     def _write(self, link, node: str, kind: int, seq: int, body) -> None:
         if kind == frames.TIME:
-            body = int(time.time() * 1000)  # the clock when it leaves, not when it was asked
+            body = int(self.clock() * 1000)  # the clock when it leaves, not when it was asked
             self.stats.times += 1
         elif kind == frames.CMD:
             self.stats.commands += 1

@@ -99,7 +99,15 @@ def test_install_run_upgrade_purge(deb, tmp_path):
 
     p = _run(["/usr/bin/sensorcity", "--help"])
     assert "gateway" in p.stdout
-    p = _run(["/usr/bin/sensorcity", "gateway", "check-config"])  # the shipped example
+    # the shipped example, once the operator has put the bench's registry in place (the package
+    # ships none: a gateway without one refuses to start, docs/deployment.md)
+    p = _run(["/usr/bin/sensorcity", "gateway", "check-config"], check=False)
+    assert p.returncode == 2 and "/etc/sensorcity/nodes.json" in p.stderr, p.stderr
+    registry = Path("/etc/sensorcity/nodes.json")
+    registry.write_text('{"nodes": {"n1": {"key": "' + "11" * 32 + '", "base_name": '
+                        '"urn:dev:ops:n1:", "sensor": "energy"}}}')
+    registry.chmod(0o600)
+    p = _run(["/usr/bin/sensorcity", "gateway", "check-config"])
     assert p.stdout.startswith("config ok:") and "1 serial patterns" in p.stdout, p.stdout
     p = _run(["systemd-analyze", "verify", "/lib/systemd/system/sensorcity-gateway.service"],
              check=False)
@@ -118,6 +126,7 @@ def test_install_run_upgrade_purge(deb, tmp_path):
     assert 'gateway_id = "gw-test"' in conf.read_text()
     _dpkg("-i", deb)  # and back (a reinstall of the release)
 
+    registry.unlink()  # the operator's file, not the package's
     _dpkg("-P", "sensorcity")
     left = [f for f in LEFT_BY_PURGE if os.path.lexists(f)]
     assert left == []

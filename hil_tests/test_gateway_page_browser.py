@@ -22,7 +22,7 @@ from sensorcity.kinds import NAMES as SENSORS
 from sensorcity.tools.bench.provision import provision
 from sensorcity.tools.sim.emulate import EmulatedNode
 
-pytestmark = pytest.mark.mosquitto
+pytestmark = [pytest.mark.mosquitto, pytest.mark.unixport]
 INTERVAL = 2
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

@@ -119,6 +119,7 @@ def test_a_stream_with_line_faults_and_a_forged_frame(tmp_path, target):
 
 
 @pytest.mark.adversarial
+@pytest.mark.unixport
 def test_a_wrong_key_opens_nothing(tmp_path):
     p1 = tmp_path / "enc.p1"
     p1.write_bytes(b"".join(frame((DATA / n).read_bytes(), k) for k, n in enumerate(FILES)))

@@ -63,5 +63,7 @@ def test_energy_node_runs_across_the_ticks_wrap(mosquitto, tmp_path):
     uptime = records("uptime")
     assert [t for t, _ in uptime if t >= wrap + 1], uptime
     for t, up in uptime:
-        assert abs((t - booted) - up) <= 3, (t - booted, up)
+        # within seconds (a loaded host delays QEMU's boot and the record's emission), where a
+        # mishandled wrap would be off by 2^30 ms, 12 days
+        assert abs((t - booted) - up) <= 15, (t - booted, up)
     assert node.boots == 1  # no watchdog reset on the way

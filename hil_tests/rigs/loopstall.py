@@ -81,7 +81,9 @@ def _nodes(port: int, keys: dict[str, bytes], feeder: str, done: threading.Event
         r, w = await asyncio.open_connection("127.0.0.1", port)
         writers.append(w)
         key = keys[nid]
-        w.write(frames.encode(key, frames.HELLO, nid, 1, {"fw": "storm", "boot": 1}))
+        hello = {"fw": "storm", "boot": 1, "kind": "energy", "bn": f"urn:dev:ops:{nid}:",
+                 "interval": 60}
+        w.write(frames.encode(key, frames.HELLO, nid, 1, hello))
         deframer = frames.Deframer()
         while data := await r.read(4096):
             for cobs in deframer.feed(data):

@@ -222,9 +222,7 @@ class Rig:
                                      **(gateway or {}))
         self.gateway.wait_open(self.cable.b)
         if clock is not None:  # the gateway's time frames from this clock (seconds)
-            gw = self.gateway.gw
-            gw.send_time = lambda link, node: gw.send(link, node, frames.TIME,
-                                                      int(clock() * 1000))
+            self.gateway.gw.downlink.clock = clock
         self.board = None
         self.emulated = emulated
         self.node_kw = node_kw

@@ -6,6 +6,7 @@ import os
 import time
 
 import link
+import renumber
 import node
 
 KEY = "00112233445566778899aabbccddeeff"
@@ -223,7 +224,7 @@ def test_a_reboot_mid_renumbering_goes_on_where_it_stopped():
         for _ in range(2):
             f = st.peek()
             s = n.seq.take()
-            st.append(link.reseq(n.key, f, s), s)
+            st.append(renumber.reseq(n.key, f, s), s)
             st.pop()
     asyncio.run(two(n))
     n = _boot(ticks)
