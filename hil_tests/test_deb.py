@@ -101,9 +101,10 @@ def test_install_run_upgrade_purge(deb, tmp_path):
     assert "gateway" in p.stdout
     # the shipped example, once the operator has put the bench's registry in place (the package
     # ships none: a gateway without one refuses to start, docs/deployment.md)
+    registry = Path("/etc/sensorcity/nodes.json")
+    registry.unlink(missing_ok=True)  # a run cut short before its purge may have left one
     p = _run(["/usr/bin/sensorcity", "gateway", "check-config"], check=False)
     assert p.returncode == 2 and "/etc/sensorcity/nodes.json" in p.stderr, p.stderr
-    registry = Path("/etc/sensorcity/nodes.json")
     registry.write_text('{"nodes": {"n1": {"key": "' + "11" * 32 + '", "base_name": '
                         '"urn:dev:ops:n1:", "sensor": "energy"}}}')
     registry.chmod(0o600)
