@@ -98,3 +98,34 @@ def test_the_gateway_never_sends_a_floor_outside_link_cddl(cfg):
     run(gw, scenario)
     floors = floors()
     assert floors and all(0 <= f < 2**30 - 2**20 for f in floors), floors
+
+
+def test_one_captured_hello_replayed_does_not_make_the_gateway_resend_commands_at_will(cfg):
+    """A re-flashed node's first hello (epoch 22, seq 0, below the floor it was handed) stays
+    acceptable for ever: the gateway takes it as the node "still pending". Each replay by a
+    neighbour, on its own connection, makes the gateway resend every pending command to the
+    real node's link under a new downlink number (and the node writes `gwseq` to flash for each
+    one it takes): the command resend interval (cmd_resend, 5 s) no longer bounds them."""
+    gw = Gateway(cfg)
+    to_node: list[bytes] = []
+    node = Link("node", to_node.append)
+    neighbour = Link("neighbour", lambda b: None)
+    captured = wire(frames.HELLO, 0, hello(epoch=22))
+
+    def cmds():
+        return [f for f in (frames.decode(b[:-1], lambda n: KEY) for b in to_node)
+                if f.kind == frames.CMD]
+
+    async def scenario():
+        assert await gw.handle(node, captured)                       # pending: floor 0 + 1
+        assert await gw.handle(node, wire(frames.HELLO, 64, hello(epoch=22)))  # took its floor
+        gw.commands.submit("sensorcity/gw/cmd/n1", b'{"op": "interval", "value": 30}')
+        replays = [await gw.handle(neighbour, captured) for _ in range(50)]
+        for _ in range(200):  # the downlink waits for its numbers' reservation (a worker thread)
+            if len(cmds()) > 2:
+                break
+            await asyncio.sleep(0.05)
+        assert replays.count(True) == 0 and len(cmds()) <= 2, \
+            f"{replays.count(True)} replays of one hello accepted, {len(cmds())} CMD frames " \
+            "sent to the node for one command"
+    run(gw, scenario)
