@@ -37,3 +37,25 @@ def test_slowloris_on_the_http_listener_does_not_starve_the_node_links(tmp_path)
         for s in held:
             s.close()
         gw.stop()
+
+
+def test_malformed_http_requests_do_not_write_tracebacks_to_the_log(tmp_path):
+    """Anyone reaching the listener sends requests aiohttp's parser refuses (a header over 8 KiB,
+    Content-Length with Transfer-Encoding, too many headers): each is answered 400, and each
+    writes an ERROR with a full traceback to the gateway's log (the journal, on an SD card): a
+    log storm at the client's will, where the TCP link counts and logs once a minute."""
+    gw = Gateway(tmp_path, NO_BROKER)
+    bad = [b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 10000 + b"\r\n\r\n",
+           b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+           b"GET / HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(200)) + b"\r\n"]
+    try:
+        for i in range(60):
+            with socket.create_connection(("127.0.0.1", gw.http), timeout=5) as s:
+                s.sendall(bad[i % 3])
+                assert s.recv(64).startswith(b"HTTP/1.0 400")
+        status, _ = gw.get("/healthz")
+        assert status == 200
+        log = gw.output()
+        assert "Traceback" not in log and len(log) < 20_000, f"{len(log)} bytes: {log[-800:]}"
+    finally:
+        gw.stop()
