@@ -68,3 +68,19 @@ def test_a_key_holders_future_dated_frames_do_not_evict_other_nodes_data(gw):
     honest = [r for r in gw.spool.oldest(100000) if r[1] == "honest"]
     assert len(honest) == 100, f"the honest node lost {100 - len(honest)} of its 100 frames " \
         f"to a key holder's future-dated ones (kept: {kept})"
+
+
+@pytest.mark.parametrize("epoch", [2**30, 2**64, -1])
+def test_a_hello_epoch_outside_link_cddl_is_schema(gw, epoch):
+    """link.cddl: `? "epoch": epoch`, epoch = uint .le 1073741823; docs/protocol.md: "the gateway
+    checks each bound in its verify step ... a frame outside them is rejected as `schema`".
+    hello_error does not look at the epoch: the hello is accepted, answered with a SEQ frame for
+    that epoch (outside the CDDL in turn) and the node's epoch state replaced."""
+    hello = {"fw": "t", "boot": 1, "kind": "energy", "bn": base("thief"), "interval": 60,
+             "epoch": epoch}
+    wire = frames.encode(KEYS["thief"], frames.HELLO, "thief", 1, hello)[:-1]
+
+    async def scenario():
+        assert await gw.handle(Link("test", lambda b: None), wire) is False
+        assert gw.verifier.rejected["schema"] == 1
+    run(gw, scenario)
