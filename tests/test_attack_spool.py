@@ -38,3 +38,42 @@ def test_frames_acked_after_the_spool_files_are_deleted_are_on_disk(tmp_path):
     finally:
         spool.close()
     assert acked_after <= stored, f"acked but on no disk: {sorted(acked_after - stored)}"
+
+
+def test_every_commit_failing_makes_the_gateway_unhealthy(tmp_path):
+    """A spool that refuses every write the way a card remounted read-only does (SQLITE_READONLY:
+    here `PRAGMA query_only` on the spool's own connection; a real remount is refused while the
+    file is open). Each commit fails, is counted, nothing is acked: frames that arrive are not
+    committed, yet pipeline_alive() and /healthz say ok and the systemd watchdog is fed, so
+    nobody restarts or looks at the gateway."""
+    import asyncio
+
+    from sensorcity.gateway.config import Config
+    from sensorcity.gateway.ingest import Link
+    from sensorcity.gateway.registry import NodeEntry, Registry
+    from sensorcity.gateway.service import Gateway as Service
+    from sensorcity.protocol import frames
+
+    key, reg = b"\x05" * 32, tmp_path / "nodes.json"
+    Registry.add(reg, NodeEntry("n1", key, "urn:dev:ops:n1:", "energy"))
+    gw = Service(Config(gateway_id="gw", brokers=NO_BROKER, spool=str(tmp_path / "s"),
+                        nodes=str(reg), metrics=""))
+    gw.spool.db.execute("PRAGMA query_only = 1")
+    link = Link("n", lambda b: None)
+
+    async def scenario():
+        task = asyncio.create_task(gw.committer())
+        try:
+            for s in range(1, 6):
+                await gw.handle(link, frames.encode(key, frames.DATA, "n1", s, [
+                    {-2: "urn:dev:ops:n1:", -3: 1795000000 + s, 0: "x", 1: "W", 2: s}])[:-1])
+            for _ in range(200):
+                if gw.commit_errors >= 1:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+    asyncio.run(scenario())
+    assert gw.commit_errors >= 1 and gw.stored == 0
+    assert gw.health()[0] is False, \
+        f"health: {gw.health()} after {gw.commit_errors} failed commits"
