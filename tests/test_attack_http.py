@@ -16,8 +16,8 @@ NO_BROKER = ["mqtt://127.0.0.1:9"]
 def test_slowloris_on_the_http_listener_does_not_starve_the_node_links(tmp_path):
     """Connections to the HTTP listener, each with half a request line and never the rest
     (slowloris), as many as it takes: the listener has no bound and no header timeout, so they
-    take every descriptor
-    the gateway kept, and a node connecting over TCP is never accepted: its frame not acked."""
+    take every descriptor the gateway kept, and a node connecting over TCP is never accepted:
+    its frame is not acked."""
     def low_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
     gw = Gateway(tmp_path, NO_BROKER, preexec_fn=low_limit)
