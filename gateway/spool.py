@@ -244,7 +244,7 @@ class Spool:
                     now = time.time() if now is None else now
                     out = [self.insert(node, seq, pack, n, t, now=now)
                            for node, seq, t, pack, n in entries]
-                    pruned = self._prune_seen(now) if now >= self.pruned_at else False
+                    pruned = self._prune_seen(now) if self._prune_due(now) else False
                 if pruned:
                     self.floor = dict(self.db.execute("SELECT node, seq FROM floor"))
                 return out
@@ -278,6 +278,12 @@ class Spool:
                                               now if t is None else t))
             outcome = STORED
         return outcome if t is not None else outcome == STORED
+
+    def _prune_due(self, now: float) -> bool:
+        """A prune is due at pruned_at, or at once when the clock went back past the last prune
+        (a Pi without an RTC started a year ahead, then NTP set it right): else `seen` would go
+        unpruned until the clock caught up."""
+        return now >= self.pruned_at or now < self.pruned_at - 2 * PRUNE_EVERY
 
     def _prune_seen(self, now: float | None = None) -> bool:
         """Forget (node, seq) pairs older than the window or beyond its size, at most a chunk at
