@@ -77,3 +77,5 @@ def test_every_commit_failing_makes_the_gateway_unhealthy(tmp_path):
     assert gw.commit_errors >= 1 and gw.stored == 0
     assert gw.health()[0] is False, \
         f"health: {gw.health()} after {gw.commit_errors} failed commits"
+    gw.pipeline_stall = 0.0  # failing that long: the watchdog is no longer fed (systemd restarts)
+    assert gw.pipeline_alive() is False
