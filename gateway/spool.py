@@ -13,6 +13,7 @@ above it the oldest whole intervals are dropped and counted."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -161,6 +162,15 @@ class Spool:
         self.set_budget(self.max_mb)
         self._count()
         self.floor = dict(db.execute("SELECT node, seq FROM floor"))
+        self.ident = self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at the spool's path, None when there is none."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
 
     def _migrate(self) -> bool:
         """Version 1 (the walking skeleton): seen WITHOUT ROWID, outbox without t."""
@@ -247,7 +257,9 @@ class Spool:
                     pruned = self._prune_seen(now) if self._prune_due(now) else False
                 if pruned:
                     self.floor = dict(self.db.execute("SELECT node, seq FROM floor"))
-                return out
+                if self._identity() != self.ident:  # committed to a file no path leads to:
+                    self.relocate("the spool file was deleted or replaced under the gateway")
+                return out  # (relocated: this batch is in the fresh file too, committed)
             except sqlite3.DatabaseError as exc:
                 if damaged(exc):  # nothing of this batch is stored: set the file aside, no ack
                     self.salvage(f"store: {exc}")
@@ -472,20 +484,51 @@ class Spool:
                 self.db.close()
             except (AttributeError, sqlite3.Error):
                 pass
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            aside, k = self.path.with_name(f"{self.path.name}.damaged-{stamp}"), 0
-            while aside.exists():
-                k += 1
-                aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
-            for suffix in ("-wal", "-shm", ""):  # the database last: never a -wal without it
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(f"{aside}{suffix}")
+            aside = self._set_aside()
             self._open()
             saved, quar, lost = self._copy_readable(aside, cause)
         log.critical("spool damaged (%s): set aside as %s; %d rows salvaged, %d quarantined, %s "
                      "lost; a fresh spool takes new frames", cause, aside, saved, quar,
                      "an unknown number" if lost is None else lost)
+
+    def _aside_name(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside, k = self.path.with_name(f"{self.path.name}.damaged-{stamp}"), 0
+        while aside.exists():
+            k += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
+        return aside
+
+    def _set_aside(self) -> Path:
+        """Rename the file at the path (with its -wal and -shm) to a new damaged-<time> name."""
+        aside = self._aside_name()
+        for suffix in ("-wal", "-shm", ""):  # the database last: never a -wal without it
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        return aside
+
+    def relocate(self, cause: str) -> None:
+        """The path no longer leads to the open file (deleted: SQLite writes on to the unlinked
+        inode, which no restart finds; or replaced). What the open file holds is copied out
+        through its connection (SQLite's backup) to a damaged-<time> file; a file found at the
+        path is set aside as damaged too; a fresh spool takes both files' readable rows, and the
+        kept files raise the alarm (damage()) like a salvage's."""
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kept = self._aside_name()
+            out = self._connect(kept)
+            try:
+                self.db.backup(out)
+            finally:
+                out.close()
+            found = self._set_aside() if self._identity() is not None else None
+            self.db.close()  # after the set-aside: its close deletes the -wal and -shm by name
+            self._open()
+            for aside in (kept, found) if found else (kept,):
+                saved, quar, lost = self._copy_readable(aside, cause)
+                log.critical("spool: %s: kept as %s; %d rows copied into a fresh spool",
+                             cause, aside.name, saved)
 
     def _copy_readable(self, aside: Path, cause: str) -> tuple[int, int, int | None]:
         """Rows stream into the fresh spool in one transaction (memory stays bounded whatever

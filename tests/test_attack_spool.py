@@ -2,6 +2,8 @@
 docs/protocol.md: "an acked reading is on disk at the gateway"; docs/durability.md: a damaged
 spool is found, salvaged and said (/healthz), never silently acked into."""
 
+import os
+
 import pytest
 
 from rigs.gateway import Gateway, wait_until
@@ -79,3 +81,30 @@ def test_every_commit_failing_makes_the_gateway_unhealthy(tmp_path):
         f"health: {gw.health()} after {gw.commit_errors} failed commits"
     gw.pipeline_stall = 0.0  # failing that long: the watchdog is no longer fed (systemd restarts)
     assert gw.pipeline_alive() is False
+
+
+def test_a_spool_file_replaced_under_the_gateway_is_kept_and_merged(tmp_path):
+    """The file at the spool's path replaced by another (an operator restoring a copy made
+    earlier): the open spool's rows go on to a file no path leads to. The next commit finds the
+    path's file is not the open one: both are kept as damaged (the alarm), and a fresh spool
+    holds every row of either, each once; the commit's own rows are in it."""
+    d = tmp_path / "s"
+    spool = Spool(d)
+    try:
+        spool.store([("n1", s, 1795000000.0 + s, b"\x80", 1) for s in range(1, 6)])
+        spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        copy = tmp_path / "copy.sqlite3"
+        copy.write_bytes(spool.path.read_bytes())  # a copy holding 1..5
+        spool.store([("n1", s, 1795000000.0 + s, b"\x80", 1) for s in range(6, 11)])
+        os.replace(copy, spool.path)
+        assert spool.store([("n1", 11, 1795000011.0, b"\x80", 1)]) == ["stored"]
+        assert spool.damage() is not None
+        assert len(spool.damaged_files()) == 2
+    finally:
+        spool.close()
+    spool = Spool(d)
+    try:
+        stored = sorted(seq for _, _, seq, *_ in spool.oldest(100))
+    finally:
+        spool.close()
+    assert stored == list(range(1, 12))
