@@ -164,7 +164,8 @@ class Spool:
             db.execute("UPDATE tally SET value = (SELECT count(*) FROM outbox) WHERE name = 'rows'")
             db.execute("UPDATE tally SET value = (SELECT coalesce(sum(readings), 0) FROM outbox) "
                        "WHERE name = 'readings'")
-            db.execute("INSERT OR REPLACE INTO held SELECT node, count(*) FROM outbox GROUP BY node")
+            db.execute("INSERT OR REPLACE INTO held "
+                       "SELECT node, count(*) FROM outbox GROUP BY node")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
         self.set_budget(self.max_mb)
