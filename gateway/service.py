@@ -66,6 +66,7 @@ class Gateway:
         self.newest: dict[str, int] = self.spool.seq_floors()
         self.commit_errors = 0
         self.commit_error_at = -1e9
+        self.commit_failing: float | None = None  # since when every commit fails (monotonic)
         self.duplicates = 0
         self.stored = 0
         self.spool_full = 0
@@ -158,6 +159,7 @@ class Gateway:
             try:
                 entries = [spool_entry(frame, records) for _, frame, records in batch]
                 outcomes = await asyncio.to_thread(self.spool.store, entries)
+                self.commit_failing = None
             except SpoolDamaged as exc:  # set aside and salvaged: the nodes resend to the new one
                 log.error("spool: damaged in a commit, %d frames not acked: %s", len(batch), exc)
                 outcomes = []
@@ -168,6 +170,7 @@ class Gateway:
                 outcomes = []
             except Exception:  # a bug must not end the gateway: not acked, the nodes resend
                 self.commit_errors += 1
+                self.commit_failing = self.commit_failing or time.monotonic()
                 if time.monotonic() - self.commit_error_at > 60:
                     self.commit_error_at = time.monotonic()
                     log.exception("commit of %d frames failed (%d failed commits so far); "
@@ -203,11 +206,16 @@ class Gateway:
         """Frames that arrive get committed: no commit takes longer than the stall limit, and
         frames do not wait that long for the committer to come back for them."""
         now = time.monotonic()
+        if self.commit_failing is not None and now - self.commit_failing >= self.pipeline_stall:
+            return False  # every commit fails (a card remounted read-only): let systemd restart
         if self.commit_began is not None:
             return now - self.commit_began < self.pipeline_stall
         return self.queue.empty() or now - self.last_commit < self.pipeline_stall
 
     def health(self) -> tuple[bool, str]:
+        if self.commit_failing is not None:
+            return False, (f"spool: commits fail ({self.commit_errors} so far), frames are not "
+                           f"acked; see the log")
         if not self.pipeline_alive():
             return False, (f"pipeline stalled: a commit or {self.queue.qsize()} queued frames "
                            f"wait for the spool")

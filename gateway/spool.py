@@ -13,6 +13,7 @@ above it the oldest whole intervals are dropped and counted."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,7 +27,7 @@ from . import salvage
 
 log = logging.getLogger("sensorcity.gateway.spool")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE = 4096
 # 30 days of a 200-node site at 60 s intervals, each interval a data frame (the largest kind,
 # energy or traffic) and a health frame, at their bytes on disk as measured with `loadsim spool`
@@ -38,6 +39,7 @@ SEEN_MAX = 1_000_000       # ... and at most this many of them
 PRUNE_EVERY = 60.0         # seconds between two prunes of `seen`
 PRUNE_CHUNK = 20_000       # rows per prune: a commit never waits on a long delete
 WAL_LIMIT = 8 * 2**20      # the WAL is truncated to this after a checkpoint
+DROP_CHUNK = 200           # a node far above the others loses at most this many intervals a round
 
 STORED, DUPLICATE, STALE = "stored", "duplicate", "stale"
 DAMAGE_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, node TEXT NOT NULL, seq INTEGER NOT NULL,
     received REAL NOT NULL, pack BLOB NOT NULL, readings INTEGER NOT NULL,
     t REAL NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS outbox_t ON outbox (t);
+CREATE INDEX IF NOT EXISTS outbox_node_t ON outbox (node, t);
+CREATE TABLE IF NOT EXISTS held (node TEXT PRIMARY KEY, rows INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (
     id INTEGER PRIMARY KEY, node TEXT NOT NULL, seq INTEGER NOT NULL, received REAL NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS seen_key ON seen (node, seq);
@@ -68,6 +71,10 @@ CREATE TRIGGER IF NOT EXISTS outbox_in AFTER INSERT ON outbox BEGIN
 CREATE TRIGGER IF NOT EXISTS outbox_out AFTER DELETE ON outbox BEGIN
     UPDATE tally SET value = value - 1 WHERE name = 'rows';
     UPDATE tally SET value = value - OLD.readings WHERE name = 'readings'; END;
+CREATE TRIGGER IF NOT EXISTS outbox_in_node AFTER INSERT ON outbox BEGIN
+    INSERT INTO held VALUES (NEW.node, 1) ON CONFLICT (node) DO UPDATE SET rows = rows + 1; END;
+CREATE TRIGGER IF NOT EXISTS outbox_out_node AFTER DELETE ON outbox BEGIN
+    UPDATE held SET rows = rows - 1 WHERE node = OLD.node; END;
 """
 
 
@@ -128,11 +135,12 @@ class Spool:
         self.pruned_at = 0.0
         try:
             self._open()
+            done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
             self.salvage(f"open: {exc}")
-        done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
+            done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
         for aside in self.damaged_files():  # a salvage cut short (a crash, a full disk) resumes
             if aside.name not in done:
                 self._copy_readable(aside, "resumed: a salvage was cut short")
@@ -156,14 +164,26 @@ class Spool:
             db.execute("UPDATE tally SET value = (SELECT count(*) FROM outbox) WHERE name = 'rows'")
             db.execute("UPDATE tally SET value = (SELECT coalesce(sum(readings), 0) FROM outbox) "
                        "WHERE name = 'readings'")
+            db.execute("INSERT OR REPLACE INTO held "
+                       "SELECT node, count(*) FROM outbox GROUP BY node")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
         self.set_budget(self.max_mb)
         self._count()
         self.floor = dict(db.execute("SELECT node, seq FROM floor"))
+        self.ident = self._identity()
+
+    def _identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at the spool's path, None when there is none."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
 
     def _migrate(self) -> bool:
-        """Version 1 (the walking skeleton): seen WITHOUT ROWID, outbox without t."""
+        """Version 1 (the walking skeleton): seen WITHOUT ROWID, outbox without t; version 2:
+        outbox indexed on t alone, no `held` (frames per node, counted by triggers)."""
         db = self.db
         if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return False
@@ -184,6 +204,7 @@ class Spool:
                 ALTER TABLE outbox ADD COLUMN t REAL NOT NULL DEFAULT 0;
                 UPDATE outbox SET t = received;
                 COMMIT;""")
+        db.execute("DROP INDEX IF EXISTS outbox_t")
         return old
 
     def set_budget(self, max_mb: int) -> None:
@@ -244,10 +265,12 @@ class Spool:
                     now = time.time() if now is None else now
                     out = [self.insert(node, seq, pack, n, t, now=now)
                            for node, seq, t, pack, n in entries]
-                    pruned = self._prune_seen(now) if now >= self.pruned_at else False
+                    pruned = self._prune_seen(now) if self._prune_due(now) else False
                 if pruned:
                     self.floor = dict(self.db.execute("SELECT node, seq FROM floor"))
-                return out
+                if self._identity() != self.ident:  # committed to a file no path leads to:
+                    self.relocate("the spool file was deleted or replaced under the gateway")
+                return out  # (relocated: this batch is in the fresh file too, committed)
             except sqlite3.DatabaseError as exc:
                 if damaged(exc):  # nothing of this batch is stored: set the file aside, no ack
                     self.salvage(f"store: {exc}")
@@ -278,6 +301,12 @@ class Spool:
                                               now if t is None else t))
             outcome = STORED
         return outcome if t is not None else outcome == STORED
+
+    def _prune_due(self, now: float) -> bool:
+        """A prune is due at pruned_at, or at once when the clock went back past the last prune
+        (a Pi without an RTC started a year ahead, then NTP set it right): else `seen` would go
+        unpruned until the clock caught up."""
+        return now >= self.pruned_at or now < self.pruned_at - 2 * PRUNE_EVERY
 
     def _prune_seen(self, now: float | None = None) -> bool:
         """Forget (node, seq) pairs older than the window or beyond its size, at most a chunk at
@@ -312,17 +341,36 @@ class Spool:
         return self.db.execute("PRAGMA page_count").fetchone()[0] >= self.max_pages - 8
 
     def _drop_oldest(self, target: int) -> None:
-        """Drop whole intervals (every frame of the oldest interval time) until under target;
-        counted in `tally` and logged. Runs inside the caller's transaction."""
+        """Until under target, the nodes holding the most frames lose their oldest intervals
+        (all their frames of those interval times), so that no node takes another's room: a
+        key holder's frames dated far ahead go before another node's real ones. Equal nodes
+        lose the same oldest interval each round; a node k frames above the next loses up to k
+        intervals (at most DROP_CHUNK) at once. Counted in `tally` (an interval once, however
+        many nodes lost it) and logged. Runs inside the caller's transaction."""
         frames = readings = intervals = 0
+        db = self.db
         while self.used_pages() > target:
-            t = self.db.execute("SELECT min(t) FROM outbox").fetchone()[0]
-            if t is None:
+            top = db.execute("SELECT max(rows) FROM held").fetchone()[0] or 0
+            if top <= 0:
                 break
-            n, r = self.db.execute("SELECT count(*), coalesce(sum(readings), 0) FROM outbox "
-                                   "WHERE t = ?", (t,)).fetchone()
-            self.db.execute("DELETE FROM outbox WHERE t = ?", (t,))
-            frames, readings, intervals = frames + n, readings + r, intervals + 1
+            below = db.execute("SELECT coalesce(max(rows), 0) FROM held WHERE rows < ?",
+                               (top,)).fetchone()[0]
+            k, before = min(max(top - below, 1), DROP_CHUNK), frames
+            for (node,) in db.execute("SELECT node FROM held WHERE rows = ?", (top,)).fetchall():
+                cut = db.execute("SELECT t FROM outbox WHERE node = ? ORDER BY t LIMIT 1 "
+                                 "OFFSET ?", (node, k - 1)).fetchone()
+                cut = cut[0] if cut else db.execute("SELECT max(t) FROM outbox WHERE node = ?",
+                                                    (node,)).fetchone()[0]
+                n, r = db.execute("SELECT count(*), coalesce(sum(readings), 0) FROM outbox "
+                                  "WHERE node = ? AND t <= ?", (node, cut)).fetchone()
+                db.execute("DELETE FROM outbox WHERE node = ? AND t <= ?", (node, cut))
+                frames, readings = frames + n, readings + r
+            if frames == before:  # `held` disagrees with the outbox: never loop on it
+                log.error("spool: the per-node frame counts are wrong; recounted")
+                db.execute("DELETE FROM held")
+                db.execute("INSERT INTO held SELECT node, count(*) FROM outbox GROUP BY node")
+                continue
+            intervals += k
         if intervals:
             self.db.executemany("UPDATE tally SET value = value + ? WHERE name = ?",
                                 [(frames, "dropped_frames"), (readings, "dropped_readings"),
@@ -466,20 +514,51 @@ class Spool:
                 self.db.close()
             except (AttributeError, sqlite3.Error):
                 pass
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            aside, k = self.path.with_name(f"{self.path.name}.damaged-{stamp}"), 0
-            while aside.exists():
-                k += 1
-                aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
-            for suffix in ("-wal", "-shm", ""):  # the database last: never a -wal without it
-                src = Path(f"{self.path}{suffix}")
-                if src.exists():
-                    src.rename(f"{aside}{suffix}")
+            aside = self._set_aside()
             self._open()
             saved, quar, lost = self._copy_readable(aside, cause)
         log.critical("spool damaged (%s): set aside as %s; %d rows salvaged, %d quarantined, %s "
                      "lost; a fresh spool takes new frames", cause, aside, saved, quar,
                      "an unknown number" if lost is None else lost)
+
+    def _aside_name(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside, k = self.path.with_name(f"{self.path.name}.damaged-{stamp}"), 0
+        while aside.exists():
+            k += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{k}")
+        return aside
+
+    def _set_aside(self) -> Path:
+        """Rename the file at the path (with its -wal and -shm) to a new damaged-<time> name."""
+        aside = self._aside_name()
+        for suffix in ("-wal", "-shm", ""):  # the database last: never a -wal without it
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        return aside
+
+    def relocate(self, cause: str) -> None:
+        """The path no longer leads to the open file (deleted: SQLite writes on to the unlinked
+        inode, which no restart finds; or replaced). What the open file holds is copied out
+        through its connection (SQLite's backup) to a damaged-<time> file; a file found at the
+        path is set aside as damaged too; a fresh spool takes both files' readable rows, and the
+        kept files raise the alarm (damage()) like a salvage's."""
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            kept = self._aside_name()
+            out = self._connect(kept)
+            try:
+                self.db.backup(out)
+            finally:
+                out.close()
+            found = self._set_aside() if self._identity() is not None else None
+            self.db.close()  # after the set-aside: its close deletes the -wal and -shm by name
+            self._open()
+            for aside in (kept, found) if found else (kept,):
+                saved, quar, lost = self._copy_readable(aside, cause)
+                log.critical("spool: %s: kept as %s; %d rows copied into a fresh spool",
+                             cause, aside.name, saved)
 
     def _copy_readable(self, aside: Path, cause: str) -> tuple[int, int, int | None]:
         """Rows stream into the fresh spool in one transaction (memory stays bounded whatever

@@ -277,3 +277,28 @@ def test_spool_max_mb_is_a_config_key(tmp_path):
     f.write_text("spool_max_mb = 2\n")
     with pytest.raises(FatalError, match="spool_max_mb"):
         config.load(f)
+
+
+def test_v2_spool_is_migrated_with_its_frames_per_node(tmp_path):
+    """Version 2 indexed outbox on t alone and had no `held`; its frames per node are counted
+    at the upgrade (the reference: count(*) per node), and the drop then takes from the node
+    holding the most."""
+    sp = Spool(tmp_path, max_mb=4)
+    sp.store([entry("a", i, 60 * i) for i in range(30)] + [entry("b", i, 60 * i) for i in range(5)])
+    sp.db.executescript("""DROP TRIGGER outbox_in_node; DROP TRIGGER outbox_out_node;
+        DROP TABLE held; DROP INDEX outbox_node_t; CREATE INDEX outbox_t ON outbox (t);
+        PRAGMA user_version = 2;""")
+    sp.close()
+    sp = Spool(tmp_path, max_mb=4)
+    try:
+        assert dict(sp.db.execute("SELECT node, rows FROM held")) == dict(sp.db.execute(
+            "SELECT node, count(*) FROM outbox GROUP BY node")) == {"a": 30, "b": 5}
+        names = {r[0] for r in sp.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "outbox_t" not in names and "outbox_node_t" in names
+        with sp.transaction():
+            sp._drop_oldest(sp.used_pages() - 1)
+        left = dict(sp.db.execute("SELECT node, count(*) FROM outbox GROUP BY node"))
+        assert left["b"] == 5 and left["a"] < 30
+        assert sp.db.execute("SELECT min(t) FROM outbox WHERE node = 'a'").fetchone()[0] > 0
+    finally:
+        sp.close()
