@@ -55,6 +55,7 @@ class Gateway:
                                  self.uplink.reply, lambda n: n in self.registry.nodes,
                                  cfg.cmd_resend)
         self.uplink.on_message = self.commands.submit
+        self.http = health.HttpStats()  # what the HTTP listener refused, for /metrics
         self.metrics = Metrics(self)
         self.nodes = NodeTable(self.registry)  # the status page's view of the nodes
         self.started = time.time()
