@@ -21,6 +21,8 @@ log = logging.getLogger("sensorcity.gateway.commands")
 INTERVAL_MAX = 86400
 TTL = 24 * 3600.0  # a node that stays away this long gets its command expired
 PENDING_MAX = 1000  # commands waiting for acks, all nodes together
+NODE_PENDING_MAX = 16  # ... and for one node: a flood for one absent node leaves room for others
+PAYLOAD_MAX = 4096  # bytes of a command's JSON: a real one is under 100
 
 
 @dataclass
@@ -35,10 +37,12 @@ class Pending:
 
 def parse(node: str, payload: bytes) -> dict:
     """The CMD frame's body for a request, or ValueError with what is wrong."""
+    if len(payload) > PAYLOAD_MAX:
+        raise ValueError(f"payload is over {PAYLOAD_MAX} bytes")
     try:
         req = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("payload is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        raise ValueError("payload is not JSON (or nested too deep)") from None
     if not isinstance(req, dict):
         raise ValueError("payload is not a JSON object")
     op = req.get("op")
@@ -78,8 +82,8 @@ class Commands:
         """A message from `.../cmd/<node>`."""
         node = topic.rsplit("/", 1)[-1]
         try:
-            req_id = json.loads(payload).get("id")
-        except (ValueError, AttributeError, UnicodeDecodeError):
+            req_id = json.loads(payload).get("id") if len(payload) <= PAYLOAD_MAX else None
+        except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
             req_id = None
         if retain:
             self.retained += 1
@@ -93,6 +97,8 @@ class Commands:
                 raise ValueError(f"unknown node {node!r}")
             if len(self.pending) >= PENDING_MAX:
                 raise ValueError(f"{PENDING_MAX} commands wait already")
+            if sum(p.node == node for p in self.pending) >= NODE_PENDING_MAX:
+                raise ValueError(f"{NODE_PENDING_MAX} commands wait for {node} already")
             body = parse(node, payload)
         except ValueError as exc:
             self.rejected += 1

@@ -113,3 +113,12 @@ def test_a_retained_command_is_refused_never_sent():
     assert ack["status"] == "rejected" and ack["id"] == "r9" and "retained" in ack["error"]
     r.c.submit(f"{BASE}/cmd/n1", json.dumps({"op": "reboot"}).encode())  # not retained: runs
     assert [b for _, b, _ in r.sent] == [{"op": "reboot"}]
+
+
+@pytest.mark.adversarial
+def test_an_oversized_command_payload_is_rejected_with_a_reply():
+    """A command is under 100 bytes; a 5000-byte one is refused before it is parsed."""
+    r = Rig()
+    r.c.submit(f"{BASE}/cmd/n1", b'{"op": "reboot", "pad": "' + b"x" * 5000 + b'"}')
+    assert r.sent == [] and r.replies[0][1]["status"] == "rejected"
+    assert "4096 bytes" in r.replies[0][1]["error"]
