@@ -7,10 +7,15 @@ but for reboot, which then reboots twice at worst.
 
 A retained command is refused, never run: the broker hands it out again on every subscribe, so
 one `mosquitto_pub -r` would reboot a node on every gateway restart. (MQTT 5 subscribes with
-retain-as-published, so one published retained while we listen is refused as well.)"""
+retain-as-published, so one published retained while we listen is refused as well.)
+
+A command waiting for its node is kept in the spool (its `commands` table), written by a worker
+thread, never on the loop: a gateway restart reloads it with the time it has waited, so its TTL
+goes on where it was."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -33,6 +38,8 @@ class Pending:
     received: float = field(default_factory=lambda: time.monotonic())
     seqs: set = field(default_factory=set)
     sent_at: float = 0.0
+    key: int = 0  # its row in the spool
+    wall: float = field(default_factory=time.time)  # received, for the TTL across a restart
 
 
 def parse(node: str, payload: bytes) -> dict:
@@ -59,7 +66,7 @@ def parse(node: str, payload: bytes) -> dict:
 class Commands:
     def __init__(self, base: str, send: Callable[[str, dict], int | None],
                  reply: Callable[[str, bytes], None], known: Callable[[str], bool],
-                 resend_every: float = 5.0):
+                 resend_every: float = 5.0, store=None):
         self.base = base  # <prefix>/<gateway-id>
         self.send = send  # (node, body) -> the frame's seq, or None when the node has no link
         self.reply = reply
@@ -71,6 +78,69 @@ class Commands:
         self.rejected = 0
         self.retained = 0
         self.expired = 0
+        self.store = store  # the spool, or None: in memory only
+        self.save_failures = 0
+        self._add: list[Pending] = []  # taken, not yet written
+        self._done: list[int] = []     # acked or expired, not yet deleted
+        self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
+        self._key = 0
+        if store is not None:
+            self._load()
+
+    def _load(self) -> None:
+        """The commands a previous run left waiting, with the time they have waited."""
+        now_wall, now = time.time(), time.monotonic()
+        for key, node, body, request_id, wall in self.store.commands_waiting():
+            self._key = max(self._key, key)
+            age = min(max(now_wall - wall, 0.0), TTL + 1)  # a clock stepped back: not negative
+            try:
+                p = Pending(node, json.loads(body), json.loads(request_id), now - age, key=key,
+                            wall=wall)
+            except ValueError:
+                self._done.append(key)
+                continue
+            self.pending.append(p)
+        if self.pending:
+            log.info("%d commands wait for their nodes since the last run", len(self.pending))
+
+    def _changed(self, add: Pending | None = None, done: Pending | None = None) -> None:
+        if add is not None:
+            self._key += 1
+            add.key = self._key
+            self._add.append(add)
+        if done is not None:
+            self._done.append(done.key)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write what changed, in a worker thread; on failure it stays for the next try."""
+        async with self._writing:
+            self._wake.clear()
+            if self.store is None or not (self._add or self._done):
+                return
+            add, done, self._add, self._done = self._add, self._done, [], []
+            rows = [(p.key, p.node, json.dumps(p.body), json.dumps(p.request_id), p.wall)
+                    for p in add]
+            try:
+                await asyncio.to_thread(self.store.save_commands, rows, done)
+            except Exception as exc:
+                self._add[:0], self._done[:0] = add, done
+                self.save_failures += 1
+                if self.save_failures % 60 == 1:
+                    log.error("commands: %d waiting commands not written to the spool (%d "
+                              "failures): %s", len(add), self.save_failures, exc)
+                raise
+
+    async def persist(self) -> None:
+        """The writer task: each change goes to the spool soon after it is made."""
+        while True:
+            await self._wake.wait()
+            try:
+                await self.flush()
+            except Exception:
+                await asyncio.sleep(1.0)
+                self._wake.set()
 
     def _answer(self, node: str, status: str, request_id=None, **extra) -> None:
         msg = {"node": node, "status": status, **extra}
@@ -106,6 +176,7 @@ class Commands:
             return
         p = Pending(node, body, req_id)
         self.pending.append(p)
+        self._changed(add=p)
         log.info("command for %s: %s", node, body)
         self._try(p)
 
@@ -121,6 +192,7 @@ class Commands:
         for p in self.pending:
             if p.node == node and seq in p.seqs:
                 self.pending.remove(p)
+                self._changed(done=p)
                 self.acked_total += 1
                 self._answer(node, "acked", p.request_id, op=p.body["op"], seq=seq,
                              attempts=len(p.seqs),
@@ -138,6 +210,7 @@ class Commands:
         for p in list(self.pending):
             if now - p.received > TTL:
                 self.pending.remove(p)
+                self._changed(done=p)
                 self.expired += 1
                 self._answer(p.node, "expired", p.request_id, op=p.body["op"])
             elif now - p.sent_at >= self.resend_every:
