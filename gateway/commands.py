@@ -7,10 +7,15 @@ but for reboot, which then reboots twice at worst.
 
 A retained command is refused, never run: the broker hands it out again on every subscribe, so
 one `mosquitto_pub -r` would reboot a node on every gateway restart. (MQTT 5 subscribes with
-retain-as-published, so one published retained while we listen is refused as well.)"""
+retain-as-published, so one published retained while we listen is refused as well.)
+
+A command waiting for its node is kept in the spool (its `commands` table), written by a worker
+thread, never on the loop: a gateway restart reloads it with the time it has waited, so its TTL
+goes on where it was."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,6 +26,8 @@ log = logging.getLogger("sensorcity.gateway.commands")
 INTERVAL_MAX = 86400
 TTL = 24 * 3600.0  # a node that stays away this long gets its command expired
 PENDING_MAX = 1000  # commands waiting for acks, all nodes together
+NODE_PENDING_MAX = 16  # ... and for one node: a flood for one absent node leaves room for others
+PAYLOAD_MAX = 4096  # bytes of a command's JSON: a real one is under 100
 
 
 @dataclass
@@ -31,14 +38,18 @@ class Pending:
     received: float = field(default_factory=lambda: time.monotonic())
     seqs: set = field(default_factory=set)
     sent_at: float = 0.0
+    key: int = 0  # its row in the spool
+    wall: float = field(default_factory=time.time)  # received, for the TTL across a restart
 
 
 def parse(node: str, payload: bytes) -> dict:
     """The CMD frame's body for a request, or ValueError with what is wrong."""
+    if len(payload) > PAYLOAD_MAX:
+        raise ValueError(f"payload is over {PAYLOAD_MAX} bytes")
     try:
         req = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("payload is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        raise ValueError("payload is not JSON (or nested too deep)") from None
     if not isinstance(req, dict):
         raise ValueError("payload is not a JSON object")
     op = req.get("op")
@@ -55,7 +66,7 @@ def parse(node: str, payload: bytes) -> dict:
 class Commands:
     def __init__(self, base: str, send: Callable[[str, dict], int | None],
                  reply: Callable[[str, bytes], None], known: Callable[[str], bool],
-                 resend_every: float = 5.0):
+                 resend_every: float = 5.0, store=None):
         self.base = base  # <prefix>/<gateway-id>
         self.send = send  # (node, body) -> the frame's seq, or None when the node has no link
         self.reply = reply
@@ -67,6 +78,69 @@ class Commands:
         self.rejected = 0
         self.retained = 0
         self.expired = 0
+        self.store = store  # the spool, or None: in memory only
+        self.save_failures = 0
+        self._add: list[Pending] = []  # taken, not yet written
+        self._done: list[int] = []     # acked or expired, not yet deleted
+        self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
+        self._key = 0
+        if store is not None:
+            self._load()
+
+    def _load(self) -> None:
+        """The commands a previous run left waiting, with the time they have waited."""
+        now_wall, now = time.time(), time.monotonic()
+        for key, node, body, request_id, wall in self.store.commands_waiting():
+            self._key = max(self._key, key)
+            age = min(max(now_wall - wall, 0.0), TTL + 1)  # a clock stepped back: not negative
+            try:
+                p = Pending(node, json.loads(body), json.loads(request_id), now - age, key=key,
+                            wall=wall)
+            except ValueError:
+                self._done.append(key)
+                continue
+            self.pending.append(p)
+        if self.pending:
+            log.info("%d commands wait for their nodes since the last run", len(self.pending))
+
+    def _changed(self, add: Pending | None = None, done: Pending | None = None) -> None:
+        if add is not None:
+            self._key += 1
+            add.key = self._key
+            self._add.append(add)
+        if done is not None:
+            self._done.append(done.key)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Write what changed, in a worker thread; on failure it stays for the next try."""
+        async with self._writing:
+            self._wake.clear()
+            if self.store is None or not (self._add or self._done):
+                return
+            add, done, self._add, self._done = self._add, self._done, [], []
+            rows = [(p.key, p.node, json.dumps(p.body), json.dumps(p.request_id), p.wall)
+                    for p in add]
+            try:
+                await asyncio.to_thread(self.store.save_commands, rows, done)
+            except Exception as exc:
+                self._add[:0], self._done[:0] = add, done
+                self.save_failures += 1
+                if self.save_failures % 60 == 1:
+                    log.error("commands: %d waiting commands not written to the spool (%d "
+                              "failures): %s", len(add), self.save_failures, exc)
+                raise
+
+    async def persist(self) -> None:
+        """The writer task: each change goes to the spool soon after it is made."""
+        while True:
+            await self._wake.wait()
+            try:
+                await self.flush()
+            except Exception:
+                await asyncio.sleep(1.0)
+                self._wake.set()
 
     def _answer(self, node: str, status: str, request_id=None, **extra) -> None:
         msg = {"node": node, "status": status, **extra}
@@ -78,8 +152,8 @@ class Commands:
         """A message from `.../cmd/<node>`."""
         node = topic.rsplit("/", 1)[-1]
         try:
-            req_id = json.loads(payload).get("id")
-        except (ValueError, AttributeError, UnicodeDecodeError):
+            req_id = json.loads(payload).get("id") if len(payload) <= PAYLOAD_MAX else None
+        except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
             req_id = None
         if retain:
             self.retained += 1
@@ -93,6 +167,8 @@ class Commands:
                 raise ValueError(f"unknown node {node!r}")
             if len(self.pending) >= PENDING_MAX:
                 raise ValueError(f"{PENDING_MAX} commands wait already")
+            if sum(p.node == node for p in self.pending) >= NODE_PENDING_MAX:
+                raise ValueError(f"{NODE_PENDING_MAX} commands wait for {node} already")
             body = parse(node, payload)
         except ValueError as exc:
             self.rejected += 1
@@ -100,6 +176,7 @@ class Commands:
             return
         p = Pending(node, body, req_id)
         self.pending.append(p)
+        self._changed(add=p)
         log.info("command for %s: %s", node, body)
         self._try(p)
 
@@ -115,6 +192,7 @@ class Commands:
         for p in self.pending:
             if p.node == node and seq in p.seqs:
                 self.pending.remove(p)
+                self._changed(done=p)
                 self.acked_total += 1
                 self._answer(node, "acked", p.request_id, op=p.body["op"], seq=seq,
                              attempts=len(p.seqs),
@@ -132,6 +210,7 @@ class Commands:
         for p in list(self.pending):
             if now - p.received > TTL:
                 self.pending.remove(p)
+                self._changed(done=p)
                 self.expired += 1
                 self._answer(p.node, "expired", p.request_id, op=p.body["op"])
             elif now - p.sent_at >= self.resend_every:

@@ -4,6 +4,7 @@ Every broken setting is refused with one line that names it."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import socket
 import tempfile
@@ -130,6 +131,10 @@ class Config:
                 not self.gateway_id.isprintable():
             raise FatalError(f"gateway_id {self.gateway_id!r}: no '/', '+', '#' or control "
                              f"characters (it is an MQTT topic level)")
+        if any(not level or any(c in level for c in "+#") or not level.isprintable()
+               for level in self.topic_prefix.split("/")):
+            raise FatalError(f"topic_prefix {self.topic_prefix!r}: MQTT topic levels joined by "
+                             f"'/', none empty, no '+', '#' or control characters")
         for url in self.listen:
             host, _, port = url[6:].rpartition(":")
             if not url.startswith("tcp://") or not host or not port.isdigit() or \
@@ -229,6 +234,8 @@ def load(path: Path | str | None, **overrides) -> Config:
                                             (expected,))):
             what = "" if f.name in ("brokers", "password_file") else f", not {v!r}"  # secrets
             raise FatalError(f"config {path}: {f.name} must be {f.type}{what}")
+        if f.type == "float" and not math.isfinite(v):  # nan compares false: checks pass
+            raise FatalError(f"config {path}: {f.name} must be a finite number, not {v!r}")
         if f.type == "list[str]" and not all(isinstance(x, str) for x in v):
             raise FatalError(f"config {path}: {f.name} must be a list of strings")
     try:

@@ -7,7 +7,14 @@
   snapshot (gateway/status.py); GET /events: the same snapshot as server-sent events, one a
   second. These three are served on a loopback listener to anyone, on any other listener only
   with the configured page_token (`Authorization: Bearer <token>` or `?token=<token>`), and not
-  at all when none is configured."""
+  at all when none is configured.
+
+The listener is open to whoever reaches it, so it is bounded: at most HTTP_MAX connections at
+once (more are accepted and hung up at once, counted), and a connection that has not sent a
+whole request head within HEAD_TIMEOUT seconds, or sits idle between requests that long, is
+closed (aiohttp's keep-alive timer, which also runs before the first request). Requests its
+parser refuses are answered 400 and counted; the log gets one line per LOG_EVERY seconds
+about them, never a traceback each."""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import status
@@ -32,6 +40,69 @@ PAGE = Path(__file__).with_name("page.html")
 EVERY = 1.0          # seconds between two snapshots on the event stream
 STREAMS_MAX = 16     # event streams open at once (a phone or two, a laptop): bounded memory
 SHUTDOWN = 1.0       # seconds a stop waits for open requests
+HTTP_MAX = 32        # HTTP connections at once: well inside the descriptors the TCP links leave
+HEAD_TIMEOUT = 5.0   # seconds for a request head to arrive, and for an idle keep-alive
+LOG_EVERY = 60.0     # seconds between two log lines about malformed requests
+
+
+class HttpStats:
+    """What the listener refused: connections over HTTP_MAX, requests its parser refused."""
+
+    def __init__(self):
+        self.refused = self.malformed = 0
+        self._logged_at = -LOG_EVERY
+
+
+class _QuietLog(logging.LoggerAdapter):
+    """aiohttp's server logger: a request its parser refuses (the client's fault) is counted
+    and logged as one line per LOG_EVERY seconds; anything else (our fault) keeps its
+    traceback."""
+
+    def __init__(self, stats: HttpStats):
+        super().__init__(log, {})
+        self.stats = stats
+
+    def exception(self, msg, *args, exc_info=True, **kw):
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if not isinstance(exc, HttpProcessingError):
+            return super().exception(msg, *args, exc_info=exc_info, **kw)
+        st = self.stats
+        st.malformed += 1
+        now = time.monotonic()
+        if now - st._logged_at >= LOG_EVERY:
+            st._logged_at = now
+            self.warning("malformed HTTP request answered 400: %s (%d so far)",
+                         str(exc).splitlines()[0][:200], st.malformed)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection over HTTP_MAX: hung up as soon as it is accepted, its descriptor freed."""
+
+    def connection_made(self, transport):
+        transport.abort()
+
+
+class _BoundedSite(web.TCPSite):
+    """A TCPSite whose connections beyond HTTP_MAX are hung up at once."""
+
+    def __init__(self, runner, host, port, stats: HttpStats, **kw):
+        super().__init__(runner, host, port, **kw)
+        self.stats = stats
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+
+        def factory():
+            if len(server.connections) >= HTTP_MAX:
+                self.stats.refused += 1
+                return _Refuse()
+            return server()
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, self._host, self._port, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        socks = self._server.sockets
+        self._bound_port = socks[0].getsockname()[1] if socks else self._port
 
 
 def _csp(html: str) -> str:
@@ -145,9 +216,11 @@ def app(gw, host: str) -> web.Application:
 
 
 async def serve(host: str, port: int, gw, started: asyncio.Event | None = None):
-    runner = web.AppRunner(app(gw, host), access_log=None, handle_signals=False)
+    stats = gw.http
+    runner = web.AppRunner(app(gw, host), access_log=None, handle_signals=False,
+                           keepalive_timeout=HEAD_TIMEOUT, logger=_QuietLog(stats))
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=SHUTDOWN)
+    site = _BoundedSite(runner, host, port, stats, shutdown_timeout=SHUTDOWN)
     try:
         await site.start()
     except OSError as exc:

@@ -68,7 +68,11 @@ class GatewayCollector:
                 ("tcp_timeouts", "TCP links closed: no valid frame in time, or idle",
                  ing.tcp_timeouts),
                 ("tcp_accept_errors", "Failed TCP accepts (EMFILE and the like)",
-                 ing.accept_errors)):
+                 ing.accept_errors),
+                ("http_refused", "HTTP connections hung up over the listener's cap",
+                 gw.http.refused),
+                ("http_malformed", "HTTP requests the parser refused (answered 400)",
+                 gw.http.malformed)):
             yield counter(name, doc, value)
         yield counter("batches_published", "Batches acknowledged by the broker (PUBACK)",
                       up.published_batches)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FatalError
+from ..kinds import KINDS, NAMES
+from ..protocol.senml import NAME
 
 
 @dataclass(frozen=True)
@@ -19,18 +22,25 @@ class NodeEntry:
 
 
 KEY_MIN = 16   # bytes; `sensorcity provision` makes 32
+# link.cddl's node is 1..32 characters; these are safe in an MQTT topic level and a file name
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 
 
 def _entry(nid: str, e: dict) -> NodeEntry:
     """One node, checked: an id link.cddl allows, a key of KEY_MIN bytes or more, a base name."""
-    if not 1 <= len(nid.encode()) <= 32 or not nid.isprintable():
-        raise ValueError(f"node id {nid!r}: 1..32 printable characters")
+    if not NODE_ID.match(nid):
+        raise ValueError(f"node id {nid!r}: use 1-32 letters, digits, '.', '_' or '-'")
     key = bytes.fromhex(e["key"])
     if len(key) < KEY_MIN:
         raise ValueError(f"node {nid}: key of {len(key)} bytes, at least {KEY_MIN}")
     if not isinstance(e["base_name"], str) or not e["base_name"] or \
             not isinstance(e["sensor"], str):
         raise ValueError(f"node {nid}: base_name and sensor must be non-empty strings")
+    if not NAME.match(e["base_name"]):
+        raise ValueError(f"node {nid}: base_name {e['base_name']!r} is not a SenML name "
+                         f"(letters, digits and - : . / _, starting with a letter or digit)")
+    if e["sensor"] not in KINDS:
+        raise ValueError(f"node {nid}: sensor {e['sensor']!r}: use one of {', '.join(NAMES)}")
     return NodeEntry(nid, key, e["base_name"], e["sensor"])
 
 

@@ -53,8 +53,9 @@ class Gateway:
         self.ingest.on_overflow = lambda n: self.verifier.rejected.update(overflow=n)
         self.commands = Commands(f"{cfg.topic_prefix}/{cfg.gateway_id}", self.send_command,
                                  self.uplink.reply, lambda n: n in self.registry.nodes,
-                                 cfg.cmd_resend)
+                                 cfg.cmd_resend, store=self.spool)
         self.uplink.on_message = self.commands.submit
+        self.http = health.HttpStats()  # what the HTTP listener refused, for /metrics
         self.metrics = Metrics(self)
         self.nodes = NodeTable(self.registry)  # the status page's view of the nodes
         self.started = time.time()
@@ -266,6 +267,10 @@ class Gateway:
         while time.monotonic() < deadline and self.uplink.connected and \
                 await asyncio.to_thread(self.spool.depth):
             await asyncio.sleep(0.05)
+        try:
+            await self.commands.flush()  # what waits for its node is there at the next start
+        except Exception:
+            pass  # logged; the command is lost with this run
         await self.uplink.goodbye()
         left = await asyncio.to_thread(self.spool.depth)
         log.info("stopped after %.1f s; %d frames stay spooled for the next start",
@@ -284,6 +289,7 @@ class Gateway:
                          tg.create_task(self.uplink.run(), name="uplink"),
                          tg.create_task(self.uplink.messages(), name="commands in"),
                          tg.create_task(self.resend_commands(), name="commands out"),
+                         tg.create_task(self.commands.persist(), name="commands kept"),
                          tg.create_task(self.downlink.time_sync(self.links, self.cfg.time_every),
                                         name="time"),
                          tg.create_task(asyncio.to_thread(self.spool.check), name="spool check")]

@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE UNIQUE INDEX IF NOT EXISTS seen_key ON seen (node, seq);
 CREATE TABLE IF NOT EXISTS floor (node TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS downlink (node TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY, node TEXT NOT NULL, body TEXT NOT NULL, request_id TEXT NOT NULL,
+    received REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO tally VALUES ('rows', 0), ('readings', 0), ('dropped_frames', 0),
     ('dropped_readings', 0), ('dropped_intervals', 0), ('quarantined', 0), ('salvaged', 0),
@@ -136,7 +139,7 @@ class Spool:
         try:
             self._open()
             done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.DatabaseError as exc:  # the salvage table's pages are damage found too
             if not damaged(exc):
                 raise
             self.salvage(f"open: {exc}")
@@ -438,6 +441,21 @@ class Spool:
             for node, seq in self.db.execute("SELECT node, seq FROM floor"):
                 out[node] = max(out.get(node, -1), seq)
         return out
+
+    # --- operator commands waiting for their node (gateway/commands.py) --------------------
+    @_guarded
+    def commands_waiting(self) -> list[tuple[int, str, str, str, float]]:
+        """(id, node, body JSON, request id JSON, received time.time()), oldest first."""
+        with self.lock:
+            return self.db.execute("SELECT id, node, body, request_id, received FROM commands "
+                                   "ORDER BY id").fetchall()
+
+    def save_commands(self, add: list[tuple[int, str, str, str, float]],
+                      remove: list[int]) -> None:
+        """Commands taken and commands done (acked, expired), in one transaction."""
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?)", add)
+            self.db.executemany("DELETE FROM commands WHERE id = ?", [(i,) for i in remove])
 
     @_guarded
     def next_downlink_seq(self, node: str) -> int:

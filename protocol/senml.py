@@ -12,6 +12,7 @@ from decimal import Decimal
 BVER, BN, BT, BU, BV, BS = -1, -2, -3, -4, -5, -6
 N, U, V, VS, VB, S, T, UT, VD = 0, 1, 2, 3, 4, 5, 6, 7, 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*$")
+NAME = _NAME  # RFC 8428's name syntax, for the registry's base names too
 _KNOWN = {BVER, BN, BT, BU, BV, BS, N, U, V, VS, VB, S, T, UT, VD}
 
 

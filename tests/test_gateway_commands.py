@@ -113,3 +113,44 @@ def test_a_retained_command_is_refused_never_sent():
     assert ack["status"] == "rejected" and ack["id"] == "r9" and "retained" in ack["error"]
     r.c.submit(f"{BASE}/cmd/n1", json.dumps({"op": "reboot"}).encode())  # not retained: runs
     assert [b for _, b, _ in r.sent] == [{"op": "reboot"}]
+
+
+@pytest.mark.adversarial
+def test_an_oversized_command_payload_is_rejected_with_a_reply():
+    """A command is under 100 bytes; a 5000-byte one is refused before it is parsed."""
+    r = Rig()
+    r.c.submit(f"{BASE}/cmd/n1", b'{"op": "reboot", "pad": "' + b"x" * 5000 + b'"}')
+    assert r.sent == [] and r.replies[0][1]["status"] == "rejected"
+    assert "4096 bytes" in r.replies[0][1]["error"]
+
+
+def test_a_waiting_command_is_kept_in_the_spool_with_its_age(tmp_path, monkeypatch):
+    """Taken, written by the worker, reloaded by the next run's Commands with the time it has
+    waited (an hour of its day here, by the wall clock): it expires on time, and once acked or
+    expired it is gone from the spool."""
+    import asyncio
+    import time as _time
+
+    from sensorcity.gateway.spool import Spool
+    spool = Spool(tmp_path / "spool")
+    r = Rig(online=False)
+    r.c = Commands(BASE, r.send, r.reply, lambda n: n in ("n1", "n2"), store=spool)
+    r.c.submit(f"{BASE}/cmd/n1", b'{"op": "interval", "value": 30, "id": "c1"}')
+    r.c.submit(f"{BASE}/cmd/n2", b'{"op": "reboot"}')
+    asyncio.run(r.c.flush())
+    spool.db.execute("UPDATE commands SET received = received - 3600")  # taken an hour ago
+    r.online = True
+    again = Commands(BASE, r.send, r.reply, lambda n: n in ("n1", "n2"), store=spool)
+    assert [(p.node, p.body, p.request_id) for p in again.pending] == \
+        [("n1", {"op": "interval", "value": 30}, "c1"), ("n2", {"op": "reboot"}, None)]
+    age = _time.monotonic() - again.pending[0].received
+    assert 3590 < age < 3700, age
+    again.connected("n1")
+    again.acked("n1", r.sent[-1][2])
+    real = _time.monotonic
+    monkeypatch.setattr(commands.time, "monotonic", lambda: real() + commands.TTL)
+    again.tick()  # n2's waited TTL + 1 h: expired
+    assert [m["status"] for _, m in r.replies] == ["acked", "expired"]
+    asyncio.run(again.flush())
+    assert spool.commands_waiting() == []
+    spool.close()

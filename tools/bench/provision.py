@@ -9,11 +9,11 @@ import secrets
 from pathlib import Path
 
 from ...errors import FatalError
+from ...gateway.registry import NODE_ID as _ID
 from ...gateway.registry import NodeEntry, Registry
 from ...kinds import get as get_kind
 from . import boards
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
 
 

@@ -18,6 +18,7 @@ from ... import kinds
 from ...errors import FatalError
 from ...paths import firmware_dir, micropython_bin
 from . import signals
+from .qemu import heap_bytes
 from ..mpy import compile_dir
 
 EMULATOR_DIR = Path(__file__).resolve().parent / "board"  # the board-side files
@@ -41,10 +42,15 @@ def flash_image_for(config: Path) -> Path:
     return config.with_suffix(".flash.img")
 
 
+HEAP_MIN, HEAP_MAX = 16 * 1024, 16 * 1024 * 1024  # an ESP32 has 520 KiB of RAM, 8 MiB PSRAM
+
+
 def parse_heap(text: str) -> str:
     t = text.strip().lower().rstrip("b")
     if not t or not (t[:-1] if t[-1] in "km" else t).isdigit():
         raise FatalError(f"--heap {text!r}: give bytes or a size like 64k")
+    if not HEAP_MIN <= heap_bytes(t) <= HEAP_MAX:  # below, MicroPython refuses; far above, it crashes
+        raise FatalError(f"--heap {text!r}: give 16k..16m")
     return t
 
 
