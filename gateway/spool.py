@@ -151,8 +151,12 @@ class Spool:
 
     def _connect(self, path: Path, mode: str = "rwc") -> sqlite3.Connection:
         vfs = f"&vfs={self.vfs}" if self.vfs else ""
-        return sqlite3.connect(f"file:{quote(str(path))}?mode={mode}{vfs}", uri=True,
-                               isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}{vfs}", uri=True,
+                             isolation_level=None, check_same_thread=False)
+        # a damaged page may hand back text that is not UTF-8 (a node name, even a pragma's
+        # answer): read it, replaced, so that damage is SQLite's error to find, never ours
+        db.text_factory = lambda b: b.decode("utf-8", "replace")
+        return db
 
     def _open(self) -> None:
         self.db = db = self._connect(self.path)
