@@ -64,6 +64,7 @@ class Gateway:
         # per node: the highest seq accepted (routes and re-flash floors follow it), from the
         # spool once at start, then in memory: no hello waits for the spool's lock
         self.newest: dict[str, int] = self.spool.seq_floors()
+        self.floors_refused = 0  # hellos no floor could answer (send_floor)
         self.commit_errors = 0
         self.commit_error_at = -1e9
         self.duplicates = 0
@@ -101,7 +102,8 @@ class Gateway:
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_floor(link, frame)
             self.send_time(link, frame.node)
-            self.commands.connected(frame.node)
+            if self.links.get(frame.node) is link:  # a replay elsewhere resends nothing
+                self.commands.connected(frame.node)
         elif frame.kind == frames.ACK and type(frame.body) is int:
             self.commands.acked(frame.node, frame.body)
         return True
@@ -133,6 +135,12 @@ class Gateway:
             return
         floor = max(self._newest(frame.node),
                     self.verifier.control_seq.get(frame.node, -1)) + 1
+        if floor >= frames.FLOOR_MAX:  # the id's numbers are spent (a key holder's seq near
+            # 2^32): no floor link.cddl allows is above them; the node must be re-provisioned
+            self.floors_refused += 1
+            log.error("node %s: its numbers are spent up to %d, no floor can be sent: "
+                      "re-provision the board under a new node id", frame.node, floor - 1)
+            return
         self.verifier.floors.setdefault(frame.node, floor)  # the epoch's first: below it, a
         # hello is the node still waiting for its floor (Verifier.new_epoch)
         self.send(link, frame.node, frames.SEQ, {"epoch": epoch, "floor": floor})
