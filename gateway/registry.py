@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FatalError
+from ..protocol.senml import base_name_error
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,20 @@ def _entry(nid: str, e: dict) -> NodeEntry:
     if not isinstance(e["base_name"], str) or not e["base_name"] or \
             not isinstance(e["sensor"], str):
         raise ValueError(f"node {nid}: base_name and sensor must be non-empty strings")
+    why = base_name_error(e["base_name"])
+    if why:
+        raise ValueError(f"node {nid}: {why}")
     return NodeEntry(nid, key, e["base_name"], e["sensor"])
+
+
+def overlap_error(bases: dict[str, str]) -> str | None:
+    """Two nodes of which one's base name begins the other's (node id -> base name): the first
+    one's key could write readings under the second's names. Sorted, such a pair is adjacent."""
+    ordered = sorted(bases.items(), key=lambda kv: kv[1])
+    for (a, x), (b, y) in zip(ordered, ordered[1:]):
+        if y.startswith(x):
+            return f"nodes {a} and {b}: base name {x!r} begins {y!r} (give each its own)"
+    return None
 
 
 class Registry:
@@ -60,6 +74,9 @@ class Registry:
             nodes = {nid: _entry(nid, e) for nid, e in raw.get("nodes", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FatalError(f"node registry {path} is unreadable: {exc}") from exc
+        why = overlap_error({nid: e.base_name for nid, e in nodes.items()})
+        if why:
+            raise FatalError(f"node registry {path}: {why}")
         return cls(nodes)
 
     @staticmethod
@@ -72,6 +89,12 @@ class Registry:
                 raw = json.loads(path.read_text() or '{"nodes": {}}')  # empty: no nodes yet
             except ValueError as exc:
                 raise FatalError(f"node registry {path} is not JSON: {exc}") from exc
+        bases = {nid: e.get("base_name") for nid, e in raw.get("nodes", {}).items()
+                 if isinstance(e, dict) and isinstance(e.get("base_name"), str)}
+        bases[entry.node_id] = entry.base_name
+        why = base_name_error(entry.base_name) or overlap_error(bases)
+        if why:
+            raise FatalError(f"node {entry.node_id}: {why}")
         raw.setdefault("nodes", {})[entry.node_id] = {
             "key": entry.key.hex(), "base_name": entry.base_name, "sensor": entry.sensor}
         path.parent.mkdir(parents=True, exist_ok=True)

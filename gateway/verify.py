@@ -22,7 +22,7 @@ REASONS = ("cobs", "short", "too-long", "crc", "schema", "unknown-node", "tag", 
 # Bounds of what a node may send (protocol/link.cddl): anything outside is `schema`, so nothing
 # a key holder puts in a frame reaches SQLite, a batch or the city's store out of range.
 RECORDS_MAX = 128          # records in one data frame
-BASE_NAME_MAX = 96         # bytes of a base name (bn)
+BASE_NAME_MAX = senml.BASE_NAME_MAX  # bytes of a base name (bn)
 QUANTITY_MAX = 32          # bytes of a record's name (n)
 UNIT_MAX = 16              # bytes of a unit (u)
 VALUE_MAX = 2**53          # |v|: a double holds every integer up to it (the city's store)
