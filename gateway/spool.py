@@ -129,6 +129,7 @@ class Spool:
         self.pruned_at = 0.0
         try:
             self._open()
+            self.db.execute("SELECT count(*) FROM salvage").fetchone()  # damage found here too
         except sqlite3.DatabaseError as exc:
             if not damaged(exc):
                 raise
