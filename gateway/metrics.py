@@ -57,6 +57,10 @@ class GatewayCollector:
                       gw.spool_full)
         yield counter("commit_errors", "Commits that failed unexpectedly (not acked; logged)",
                       gw.commit_errors)
+        yield counter("floors_refused", "Hellos answered without a floor: the id's numbers "
+                      "are spent (re-provision the node)", gw.floors_refused)
+        yield counter("control_save_failures", "Transactions of control seqs the spool "
+                      "refused (kept in memory; logged)", gw.control.failures)
         ing = gw.ingest
         yield gauge("tcp_links_open", "TCP links open now", ing.tcp_open)
         yield gauge("tcp_links_max", "TCP links allowed at once (from the open-file limit)",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import FatalError
 from ..kinds import KINDS, NAMES
-from ..protocol.senml import NAME
+from ..protocol.senml import base_name_error
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,22 @@ def _entry(nid: str, e: dict) -> NodeEntry:
     if not isinstance(e["base_name"], str) or not e["base_name"] or \
             not isinstance(e["sensor"], str):
         raise ValueError(f"node {nid}: base_name and sensor must be non-empty strings")
-    if not NAME.match(e["base_name"]):
-        raise ValueError(f"node {nid}: base_name {e['base_name']!r} is not a SenML name "
-                         f"(letters, digits and - : . / _, starting with a letter or digit)")
+    why = base_name_error(e["base_name"])
+    if why:
+        raise ValueError(f"node {nid}: {why}")
     if e["sensor"] not in KINDS:
         raise ValueError(f"node {nid}: sensor {e['sensor']!r}: use one of {', '.join(NAMES)}")
     return NodeEntry(nid, key, e["base_name"], e["sensor"])
+
+
+def overlap_error(bases: dict[str, str]) -> str | None:
+    """Two nodes of which one's base name begins the other's (node id -> base name): the first
+    one's key could write readings under the second's names. Sorted, such a pair is adjacent."""
+    ordered = sorted(bases.items(), key=lambda kv: kv[1])
+    for (a, x), (b, y) in zip(ordered, ordered[1:]):
+        if y.startswith(x):
+            return f"nodes {a} and {b}: base name {x!r} begins {y!r} (give each its own)"
+    return None
 
 
 class Registry:
@@ -70,6 +80,9 @@ class Registry:
             nodes = {nid: _entry(nid, e) for nid, e in raw.get("nodes", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FatalError(f"node registry {path} is unreadable: {exc}") from exc
+        why = overlap_error({nid: e.base_name for nid, e in nodes.items()})
+        if why:
+            raise FatalError(f"node registry {path}: {why}")
         return cls(nodes)
 
     @staticmethod
@@ -82,6 +95,12 @@ class Registry:
                 raw = json.loads(path.read_text() or '{"nodes": {}}')  # empty: no nodes yet
             except ValueError as exc:
                 raise FatalError(f"node registry {path} is not JSON: {exc}") from exc
+        bases = {nid: e.get("base_name") for nid, e in raw.get("nodes", {}).items()
+                 if isinstance(e, dict) and isinstance(e.get("base_name"), str)}
+        bases[entry.node_id] = entry.base_name
+        why = base_name_error(entry.base_name) or overlap_error(bases)
+        if why:
+            raise FatalError(f"node {entry.node_id}: {why}")
         raw.setdefault("nodes", {})[entry.node_id] = {
             "key": entry.key.hex(), "base_name": entry.base_name, "sensor": entry.sensor}
         path.parent.mkdir(parents=True, exist_ok=True)

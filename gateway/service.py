@@ -16,6 +16,7 @@ from ..protocol import frames
 from . import health, notify
 from .commands import Commands
 from .config import Config
+from .control import ControlSeqs
 from .downlink import Downlink
 from .ingest import Ingest, Link, tcp_capacity
 from .metrics import Metrics
@@ -45,6 +46,8 @@ class Gateway:
             raise FatalError(f"spool {cfg.spool}: {getattr(exc, 'strerror', None) or exc}") \
                 from exc
         self.verifier = Verifier(self.registry)
+        self.control = ControlSeqs(self.spool)  # control seqs survive a restart: no replay
+        self.verifier.control_seq.update(self.control.durable)  # of one is taken as new
         self.downlink = Downlink(self.spool, self.registry.key_for)
         self.uplink = Uplink(self.spool, cfg)
         self.ingest = Ingest(self.handle, cfg.serial_baud,
@@ -65,6 +68,9 @@ class Gateway:
         # per node: the highest seq accepted (routes and re-flash floors follow it), from the
         # spool once at start, then in memory: no hello waits for the spool's lock
         self.newest: dict[str, int] = self.spool.seq_floors()
+        for node, seq in self.control.durable.items():
+            self.newest[node] = max(seq, self.newest.get(node, -1))
+        self.floors_refused = 0  # hellos no floor could answer (send_floor)
         self.commit_errors = 0
         self.commit_error_at = -1e9
         self.commit_failing: float | None = None  # since when every commit fails (monotonic)
@@ -89,6 +95,8 @@ class Gateway:
             self.nodes.reject(self.verifier.last_reason, claimed_node(cobs), link.name)
             return False
         frame, records = checked
+        if frame.kind in (frames.HELLO, frames.ACK):  # on disk before it moves anything
+            await self.control.save(frame.node, self.verifier.control_seq[frame.node])
         if frame.seq > self._newest(frame.node):
             self._route(frame.node, link, frame.seq)
         self.nodes.seen(frame.node, link.name)
@@ -103,7 +111,8 @@ class Gateway:
             self.send(link, frame.node, frames.ACK, frame.seq)
             self.send_floor(link, frame)
             self.send_time(link, frame.node)
-            self.commands.connected(frame.node)
+            if self.links.get(frame.node) is link:  # a replay elsewhere resends nothing
+                self.commands.connected(frame.node)
         elif frame.kind == frames.ACK and type(frame.body) is int:
             self.commands.acked(frame.node, frame.body)
         return True
@@ -135,6 +144,12 @@ class Gateway:
             return
         floor = max(self._newest(frame.node),
                     self.verifier.control_seq.get(frame.node, -1)) + 1
+        if floor >= frames.FLOOR_MAX:  # the id's numbers are spent (a key holder's seq near
+            # 2^32): no floor link.cddl allows is above them; the node must be re-provisioned
+            self.floors_refused += 1
+            log.error("node %s: its numbers are spent up to %d, no floor can be sent: "
+                      "re-provision the board under a new node id", frame.node, floor - 1)
+            return
         self.verifier.floors.setdefault(frame.node, floor)  # the epoch's first: below it, a
         # hello is the node still waiting for its floor (Verifier.new_epoch)
         self.send(link, frame.node, frames.SEQ, {"epoch": epoch, "floor": floor})

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS downlink (node TEXT PRIMARY KEY, seq INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY, node TEXT NOT NULL, body TEXT NOT NULL, request_id TEXT NOT NULL,
     received REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS control (node TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tally (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO tally VALUES ('rows', 0), ('readings', 0), ('dropped_frames', 0),
     ('dropped_readings', 0), ('dropped_intervals', 0), ('quarantined', 0), ('salvaged', 0),
@@ -461,6 +462,21 @@ class Spool:
             self.db.executemany("INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?)", add)
             self.db.executemany("DELETE FROM commands WHERE id = ?", [(i,) for i in remove])
 
+    # --- control seqs (gateway/control.py) -------------------------------------------------
+    @_guarded
+    def control_seqs(self) -> dict[str, int]:
+        """node -> the highest control-frame (hello, ack) seq accepted from it."""
+        with self.lock:
+            return dict(self.db.execute("SELECT node, seq FROM control"))
+
+    @_guarded
+    def save_control(self, seqs: dict[str, int]) -> None:
+        """Control seqs accepted (they only go up): one transaction for all nodes."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO control (node, seq) VALUES (?, ?) ON CONFLICT (node) "
+                "DO UPDATE SET seq = max(seq, excluded.seq)", list(seqs.items()))
+
     @_guarded
     def next_downlink_seq(self, node: str) -> int:
         """The old way, a transaction per number; kept for the bench's before/after figure."""
@@ -586,7 +602,7 @@ class Spool:
         """Rows stream into the fresh spool in one transaction (memory stays bounded whatever
         the file's size); (node, seq) de-dups what both passes find (an index for the salvage's
         length), ids are kept where free. A pack that does not decode goes to `quarantine`."""
-        small: dict[str, dict] = {"floor": {}, "downlink": {}, "tally": {}}
+        small: dict[str, dict] = {"floor": {}, "downlink": {}, "control": {}, "tally": {}}
         now, quar = time.time(), [0]
         db = self.db
 
@@ -617,6 +633,7 @@ class Spool:
             "SELECT node, seq, received FROM seen": lambda r: seen(*r),
             "SELECT node, seq FROM floor": lambda r: small["floor"].__setitem__(*r),
             "SELECT node, seq FROM downlink": lambda r: small["downlink"].__setitem__(*r),
+            "SELECT node, seq FROM control": lambda r: small["control"].__setitem__(*r),
             "SELECT name, value FROM tally": lambda r: small["tally"].__setitem__(*r),
         }
         with self.transaction():
@@ -644,8 +661,9 @@ class Spool:
                 log.error("spool salvage: reading %s: %s", aside, exc)
             db.executemany("INSERT INTO floor VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
                            "SET seq = max(seq, excluded.seq)", small["floor"].items())
-            db.executemany("INSERT INTO downlink VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
-                           "SET seq = max(seq, excluded.seq)", small["downlink"].items())
+            for table in ("downlink", "control"):
+                db.executemany(f"INSERT INTO {table} VALUES (?, ?) ON CONFLICT (node) DO UPDATE "
+                               "SET seq = max(seq, excluded.seq)", small[table].items())
             saved = db.execute("SELECT value FROM tally WHERE name = 'rows'").fetchone()[0] - before
             old = small["tally"]
             lost = None if old.get("rows") is None else max(0, old["rows"] - saved - quar[0])

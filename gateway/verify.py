@@ -22,7 +22,7 @@ REASONS = ("cobs", "short", "too-long", "crc", "schema", "unknown-node", "tag", 
 # Bounds of what a node may send (protocol/link.cddl): anything outside is `schema`, so nothing
 # a key holder puts in a frame reaches SQLite, a batch or the city's store out of range.
 RECORDS_MAX = 128          # records in one data frame
-BASE_NAME_MAX = 96         # bytes of a base name (bn)
+BASE_NAME_MAX = senml.BASE_NAME_MAX  # bytes of a base name (bn)
 QUANTITY_MAX = 32          # bytes of a record's name (n)
 UNIT_MAX = 16              # bytes of a unit (u)
 VALUE_MAX = 2**53          # |v|: a double holds every integer up to it (the city's store)
@@ -75,7 +75,8 @@ def hello_error(hello) -> str | None:
     if not (_text(hello.get("fw"), 1, FW_MAX) and _uint(hello.get("boot"), frames.SEQ_MAX)
             and hello.get("kind") in ("noise", "energy", "traffic")
             and _text(hello.get("bn"), 1, BASE_NAME_MAX)
-            and _uint(hello.get("interval"), INTERVAL_MAX, 1)):
+            and _uint(hello.get("interval"), INTERVAL_MAX, 1)
+            and ("epoch" not in hello or _uint(hello["epoch"], frames.EPOCH_MAX))):
         return "hello field missing or out of its bounds"
     return None
 
@@ -91,6 +92,7 @@ class Verifier:
         self.last_reason = ""  # the latest rejection's, for the status page
         self.epochs: dict[str, int] = {}  # the epoch of each node's last accepted hello
         self.floors: dict[str, int] = {}  # the first sequence floor handed to that epoch
+        self.hellos: dict[str, int] = {}  # the seq of that epoch's last accepted hello
 
     def reject(self, reason: str, detail: str = "") -> None:
         self.rejected[reason] += 1
@@ -126,6 +128,9 @@ class Verifier:
         elif frame.kind in (frames.HELLO, frames.ACK):
             why = hello_error(frame.body) if frame.kind == frames.HELLO else \
                 None if _uint(frame.body, frames.SEQ_MAX) else "acked seq out of its bounds"
+            if not why and frames.hello_epoch(frame) is not None and \
+                    frame.seq >= frames.FLOOR_MAX:
+                why = "a hello with an epoch at a seq no floor can go above (link.cddl)"
             if why:
                 self.reject("schema", f"{frame.node}: {why}")
                 return None
@@ -135,21 +140,26 @@ class Verifier:
                 self.reject("replayed", f"{frame.node} seq {frame.seq}")
                 return None
             self.control_seq[frame.node] = max(frame.seq, self.control_seq.get(frame.node, -1))
+            if frame.kind == frames.HELLO:
+                self.hellos[frame.node] = frame.seq
         self.accepted += 1
         return frame, records
 
     def new_epoch(self, frame: frames.Frame) -> bool:
         """A hello from a node whose sequence state was lost (docs/protocol.md, "Re-flashed
-        nodes"): an epoch other than the last one's, or this epoch's before it took its floor.
-        Accepting a captured one only makes us hand that epoch a floor again: harmless."""
+        nodes"): an epoch other than the last one's, or this epoch's before it took its floor,
+        above this epoch's last hello (a pending node's numbers go up too: a captured hello is
+        taken once, not on every replay). Accepting a captured old epoch's hello only makes us
+        hand that epoch a floor again: harmless."""
         epoch = frames.hello_epoch(frame)
         if epoch is None:
             return False
         if epoch != self.epochs.get(frame.node):
             self.epochs[frame.node] = epoch
             self.floors.pop(frame.node, None)
+            self.hellos.pop(frame.node, None)
             return True
-        return frame.seq < self.floors.get(frame.node, 0)
+        return self.hellos.get(frame.node, -1) < frame.seq < self.floors.get(frame.node, 0)
 
 
 def encode_records(records: list[senml.Record]) -> bytes:

@@ -22,6 +22,8 @@ TAG_LEN = 8
 MAX_FRAME = 1024
 SEQ_MAX = 2**32 - 1     # a node keeps its sequence in a u32 in flash (firmware/store.py)
 NODE_MAX = 32           # bytes of a node id (link.cddl)
+EPOCH_MAX = 2**30 - 1   # a hello's epoch: 30 bits, a small int on an ESP32 (link.cddl)
+FLOOR_MAX = 2**30 - 2**20  # a seq-floor's floor is below it; the node refuses one at or above
 
 
 class FrameError(ValueError):

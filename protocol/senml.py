@@ -14,6 +14,18 @@ N, U, V, VS, VB, S, T, UT, VD = 0, 1, 2, 3, 4, 5, 6, 7, 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-:./_]*$")
 NAME = _NAME  # RFC 8428's name syntax, for the registry's base names too
 _KNOWN = {BVER, BN, BT, BU, BV, BS, N, U, V, VS, VB, S, T, UT, VD}
+BASE_NAME_MAX = 96  # bytes of a node's base name (link.cddl's bn)
+
+
+def base_name_error(bn) -> str | None:
+    """Why bn cannot be a node's base name, or None: SenML's name syntax (RFC 8428 section
+    4.5.1), 1..BASE_NAME_MAX bytes, ending in a separator (':' or '/'), so that no name of
+    another base name that merely extends this one's text (pole1 -> pole12) falls under it."""
+    if not (isinstance(bn, str) and _NAME.match(bn) and len(bn) <= BASE_NAME_MAX
+            and bn[-1] in ":/"):
+        return (f"base name {bn!r}: 1..{BASE_NAME_MAX} letters, digits and '-:./_', starting "
+                f"with a letter or digit and ending in ':' or '/' (e.g. urn:dev:ops:pole1:)")
+    return None
 
 
 class SenMLError(ValueError):

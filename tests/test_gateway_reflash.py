@@ -173,3 +173,20 @@ def test_a_hello_without_an_epoch_keeps_the_replay_rule(gw):
         assert await n.replay(n.wire[0]) is False
         assert gw.verifier.rejected["replayed"] == 1 and n.floors() == []
     run(gw, scenario)
+
+
+def test_an_id_whose_numbers_are_spent_gets_no_floor_outside_link_cddl(gw):
+    """A key holder's data frame at seq 2^32 - 1 (inside the frame bounds) spends the id: no
+    floor below link.cddl's 2^30 - 2^20 is above it, so the re-flashed node's hello gets none
+    (counted, logged: re-provision), never one the node must refuse."""
+    thief = Node(gw, gw.test_key, gw.test_base, epoch=None)
+    new = Node(gw, gw.test_key, gw.test_base, epoch=22)
+
+    async def scenario():
+        await thief.send(frames.DATA, 2**32 - 1, [{-2: gw.test_base, -3: 1795000000, 0: "x",
+                                                    1: "count", 2: 1}])
+        await settle(gw)
+        assert gw.stored == 1
+        assert await new.hello(0)
+        assert new.floors() == [] and gw.floors_refused == 1
+    run(gw, scenario)

@@ -12,6 +12,7 @@ from ...errors import FatalError
 from ...gateway.registry import NODE_ID as _ID
 from ...gateway.registry import NodeEntry, Registry
 from ...kinds import get as get_kind
+from ...protocol.senml import base_name_error
 from . import boards
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?[0-9A-Fa-f]{2}){5}$")
@@ -48,6 +49,8 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
     if sensor not in spec["sensors"]:
         raise FatalError(f"board {board} has no {sensor} input; it carries "
                          f"{', '.join(spec['sensors'])}")
+    if base_name is not None and base_name_error(base_name):
+        raise FatalError(f"--base-name: {base_name_error(base_name)}")
     if mac and not _MAC.match(mac):
         raise FatalError(f"--mac {mac!r}: give six hex bytes, e.g. 24:0a:c4:12:34:56")
     if not -40.0 <= calibration_db <= 40.0:
@@ -67,12 +70,14 @@ def provision(node_id: str, sensor: str, registry: Path, out: Path, interval: in
         cfg["p1_key"] = p1_key_hex("--p1-key", p1_key)
         if p1_auth_key:
             cfg["p1_auth_key"] = p1_key_hex("--p1-auth-key", p1_auth_key)
+    # the registry first: an entry it refuses (a base name overlapping another node's) leaves
+    # no node.json behind
+    Registry.add(registry, NodeEntry(node_id, key, cfg["base_name"], sensor))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(cfg, f, indent=1)
-    Registry.add(registry, NodeEntry(node_id, key, cfg["base_name"], sensor))
     return cfg
 
 
