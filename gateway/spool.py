@@ -101,8 +101,15 @@ class SpoolDamaged(SpoolFull):
     the file was set aside and what was readable salvaged into a fresh one."""
 
 
+# what SQLite raises on a damaged file: its errors, and, when a damaged schema puts bytes that are
+# not UTF-8 into an error message, the decoding of that message
+DAMAGE = (sqlite3.DatabaseError, UnicodeDecodeError)
+
+
 def damaged(exc: BaseException) -> bool:
     """SQLITE_CORRUPT or SQLITE_NOTADB: the file, not the statement, is at fault."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(exc, sqlite3.DatabaseError) and code is not None and \
         code & 0xFF in DAMAGE_CODES
@@ -114,7 +121,7 @@ def _guarded(method):
     def run(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
+        except DAMAGE as exc:
             if not damaged(exc):
                 raise
             self.salvage(f"{method.__name__}: {exc}")
@@ -140,7 +147,7 @@ class Spool:
         try:
             self._open()
             done = {f for (f,) in self.db.execute("SELECT file FROM salvage")}
-        except sqlite3.DatabaseError as exc:  # the salvage table's pages are damage found too
+        except DAMAGE as exc:  # the salvage table's pages are damage found too
             if not damaged(exc):
                 raise
             self.salvage(f"open: {exc}")
@@ -279,7 +286,7 @@ class Spool:
                 if self._identity() != self.ident:  # committed to a file no path leads to:
                     self.relocate("the spool file was deleted or replaced under the gateway")
                 return out  # (relocated: this batch is in the fresh file too, committed)
-            except sqlite3.DatabaseError as exc:
+            except DAMAGE as exc:
                 if damaged(exc):  # nothing of this batch is stored: set the file aside, no ack
                     self.salvage(f"store: {exc}")
                     raise SpoolDamaged(str(exc)) from exc
@@ -514,7 +521,7 @@ class Spool:
                 result = [r[0] for r in db.execute("PRAGMA quick_check")]
             finally:
                 db.close()
-        except sqlite3.DatabaseError as exc:
+        except DAMAGE as exc:
             if not damaged(exc):  # busy, or out of memory: not a verdict on the file
                 log.warning("spool check did not run: %s", exc)
                 return True
@@ -647,7 +654,7 @@ class Spool:
                 try:
                     for row in src.execute(sql):
                         keep(row)
-                except sqlite3.Error:
+                except DAMAGE:
                     pass
             if src:
                 src.close()
