@@ -11,6 +11,7 @@ from sensorcity.gateway.ingest import Link
 from sensorcity.gateway.registry import NodeEntry, Registry
 from sensorcity.gateway.service import Gateway
 from sensorcity.protocol import frames
+from inprocess import run
 
 pytestmark = pytest.mark.adversarial
 KEYS = {"thief": b"\x01" * 32, "honest": b"\x02" * 32}
@@ -28,15 +29,6 @@ def gw(tmp_path):
     return Gateway(Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool_max_mb=4,
                           spool=str(tmp_path / "s"), nodes=str(reg), metrics=""))
 
-
-def run(gw, scenario):
-    async def main():
-        task = asyncio.create_task(gw.committer())
-        try:
-            await scenario()
-        finally:
-            task.cancel()
-    asyncio.run(main())
 
 
 def data(node: str, seq: int, t: int, n: int = 1) -> bytes:

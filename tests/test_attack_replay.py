@@ -11,6 +11,7 @@ from sensorcity.gateway.ingest import Link
 from sensorcity.gateway.registry import NodeEntry, Registry
 from sensorcity.gateway.service import Gateway
 from sensorcity.protocol import frames
+from inprocess import run
 
 pytestmark = pytest.mark.adversarial
 KEY = b"\x07" * 32
@@ -24,15 +25,6 @@ def cfg(tmp_path):
     return Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(tmp_path / "s"),
                   nodes=str(reg), metrics="")
 
-
-def run(gw, scenario):
-    async def main():
-        task = asyncio.create_task(gw.committer())
-        try:
-            await scenario()
-        finally:
-            task.cancel()
-    asyncio.run(main())
 
 
 def wire(kind: int, seq: int, body) -> bytes:

@@ -12,6 +12,7 @@ from sensorcity.gateway.ingest import Link
 from sensorcity.gateway.service import Gateway
 from sensorcity.protocol import frames
 from sensorcity.tools.bench.provision import provision
+from inprocess import run
 
 pytestmark = pytest.mark.adversarial
 
@@ -80,15 +81,6 @@ def gw(tmp_path):
     g.test_key, g.test_base = bytes.fromhex(cfg["key"]), cfg["base_name"]
     return g
 
-
-def run(gw: Gateway, scenario):
-    async def main():
-        task = asyncio.create_task(gw.committer())
-        try:
-            await scenario()
-        finally:
-            task.cancel()
-    asyncio.run(main())
 
 
 def test_a_new_epoch_gets_a_floor_above_the_old_numbers_and_loses_nothing(gw):
