@@ -223,6 +223,8 @@ async def serve(host: str, port: int, gw, started: asyncio.Event | None = None):
     site = _BoundedSite(runner, host, port, stats, shutdown_timeout=SHUTDOWN)
     try:
         await site.start()
+        if not runner.addresses:  # no socket came of it (no descriptor was left for one)
+            raise OSError("no listening socket")
     except OSError as exc:
         # observability must not take the data path down: say so and run without it
         log.error("metrics %s:%d: %s; running without /metrics, /healthz and the page", host,

@@ -308,6 +308,12 @@ class Gateway:
                          tg.create_task(self.downlink.time_sync(self.links, self.cfg.time_every),
                                         name="time"),
                          tg.create_task(asyncio.to_thread(self.spool.check), name="spool check")]
+                if self.cfg.metrics:  # first: a flood on the node links must not keep it from
+                    # its socket (it would find no descriptor left)
+                    host, port = self.cfg.metrics.rsplit(":", 1)
+                    tasks.append(tg.create_task(
+                        health.serve(host, int(port), self, self.http_started), name="http"))
+                    await self.http_started.wait()
                 ingress = []
                 for url in self.cfg.listen:
                     host, port = url[len("tcp://"):].rsplit(":", 1)
@@ -317,10 +323,6 @@ class Gateway:
                 if self.cfg.serial:
                     ingress.append(tg.create_task(self.ingest.watch_serial(self.cfg.serial, tg),
                                                   name="serial watch"))
-                if self.cfg.metrics:
-                    host, port = self.cfg.metrics.rsplit(":", 1)
-                    tasks.append(tg.create_task(
-                        health.serve(host, int(port), self, self.http_started), name="http"))
                 tasks += ingress
                 tg.create_task(self._drain(ingress, tasks), name="drain")
                 for started, wanted in ((self.tcp_started, self.cfg.listen),

@@ -26,8 +26,6 @@ from test_deb import build
 
 pytestmark = [
     pytest.mark.mosquitto, pytest.mark.unixport,
-    pytest.mark.skipif(os.environ.get("SENSORCITY_TEST_PI") != "1",
-                       reason="minutes and Debian's mirror: `make test-pi`"),
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot and dpkg: root"),
 ]
 
