@@ -434,15 +434,22 @@ class Spool:
     # --- downlink numbers (gateway/downlink.py) --------------------------------------------
     def downlink_reserved(self) -> dict[str, int]:
         """node -> the highest downlink number that may have been used: go on above it."""
-        with self.lock:
-            return dict(self.db.execute("SELECT node, seq FROM downlink"))
+        return self._marks("downlink")
 
     def reserve_downlink(self, upto: dict[str, int]) -> None:
         """Numbers up to upto[node] may be used from now on: one transaction for all nodes."""
+        self._raise_marks("downlink", upto)
+
+    # per-node high-water marks (downlink, control): read whole, raised, never lowered
+    def _marks(self, table: str) -> dict[str, int]:
+        with self.lock:
+            return dict(self.db.execute(f"SELECT node, seq FROM {table}"))
+
+    def _raise_marks(self, table: str, seqs: dict[str, int]) -> None:
         with self.transaction():
             self.db.executemany(
-                "INSERT INTO downlink (node, seq) VALUES (?, ?) ON CONFLICT (node) "
-                "DO UPDATE SET seq = max(seq, excluded.seq)", list(upto.items()))
+                f"INSERT INTO {table} (node, seq) VALUES (?, ?) ON CONFLICT (node) "
+                "DO UPDATE SET seq = max(seq, excluded.seq)", list(seqs.items()))
 
     @_guarded
     def seq_floors(self) -> dict[str, int]:
@@ -473,16 +480,12 @@ class Spool:
     @_guarded
     def control_seqs(self) -> dict[str, int]:
         """node -> the highest control-frame (hello, ack) seq accepted from it."""
-        with self.lock:
-            return dict(self.db.execute("SELECT node, seq FROM control"))
+        return self._marks("control")
 
     @_guarded
     def save_control(self, seqs: dict[str, int]) -> None:
         """Control seqs accepted (they only go up): one transaction for all nodes."""
-        with self.transaction():
-            self.db.executemany(
-                "INSERT INTO control (node, seq) VALUES (?, ?) ON CONFLICT (node) "
-                "DO UPDATE SET seq = max(seq, excluded.seq)", list(seqs.items()))
+        self._raise_marks("control", seqs)
 
     @_guarded
     def next_downlink_seq(self, node: str) -> int:
