@@ -161,8 +161,13 @@ def bench_loop(tmp: Path) -> dict:
     return loop_bench.run(tmp, RUNS)
 
 
+def bench_icount(tmp: Path) -> dict:
+    import icount_bench  # instructions per sample, byte and edge on the QEMU board (issue 14)
+    return icount_bench.run(tmp, pink_words)
+
+
 PARTS = {"noise": bench_noise, "bytes": bench_bytes, "gateway": bench_gateway,
-         "loop": bench_loop}
+         "loop": bench_loop, "icount": bench_icount}
 
 
 def main(argv: list[str] | None = None) -> int:
