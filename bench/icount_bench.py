@@ -39,7 +39,10 @@ P1_LINE_BYTES_PER_S = 115200 / 10
 ARTERIAL_LANES = 4
 ARTERIAL_EDGES_PER_S = ARTERIAL_LANES * 1.0 * 4
 MODULES = ("noise", "aweight", "levels", "p1", "energy", "loops")
-DSMR = Path("/work/shared/data/dsmr/dsmr_v5_iskra_mt382.txt")
+# shared/ lies beside the checkout (CI's clone too); /work/shared is the workplace's copy
+DSMR = next((p for p in (ROOT.parent / "shared" / "data" / "dsmr" / "dsmr_v5_iskra_mt382.txt",
+                         Path("/work/shared/data/dsmr/dsmr_v5_iskra_mt382.txt")) if p.exists()),
+            Path("/work/shared/data/dsmr/dsmr_v5_iskra_mt382.txt"))
 
 
 def plain_noise_source() -> str:
