@@ -35,12 +35,13 @@ def test_the_board_clock_counts_instructions_alike_on_two_boards(tmp_path):
         assert abs((asm[1][0] - asm[0][0]) - 2 * 100000) <= 2 * TICK, asm
         # twice the bytecode loop, twice the count (to the clock's resolution)
         d1, d2 = spin[1][0] - spin[0][0], spin[2][0] - spin[1][0]
-        assert d1 > 100 * TICK and abs(d2 - 2 * d1) <= 4 * TICK, spin
+        # each reading is off by under a count: s2 - 3 s1 + 2 s0 by under six
+        assert d1 > 100 * TICK and abs(d2 - 2 * d1) <= 6 * TICK, spin
         assert icount_bench.per_unit(p1, "feed") > 0
     # the same work on another board: the same count, to the timer's 40-instruction step (the
     # window's phase against the timer depends on when the host's REPL input arrived)
     for (a, b) in zip(one[0] + one[1], two[0] + two[1]):
-        assert abs(a[0] - b[0]) <= TICK, (one, two)
+        assert abs(a[0] - b[0]) <= 2 * TICK, (one, two)  # two windows, each under a count off
     feeds = [[v for k, v in run[2] if k == "feed"] for run in (one, two)]
     for a, b in zip(*feeds):
         assert a[1] == b[1] and abs(a[0] - b[0]) <= 2 * TICK, feeds
