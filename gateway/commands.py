@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .spool import Waiting
+
 log = logging.getLogger("sensorcity.gateway.commands")
 INTERVAL_MAX = 86400
 TTL = 24 * 3600.0  # a node that stays away this long gets its command expired
@@ -91,14 +93,14 @@ class Commands:
     def _load(self) -> None:
         """The commands a previous run left waiting, with the time they have waited."""
         now_wall, now = time.time(), time.monotonic()
-        for key, node, body, request_id, wall in self.store.commands_waiting():
-            self._key = max(self._key, key)
-            age = min(max(now_wall - wall, 0.0), TTL + 1)  # a clock stepped back: not negative
+        for w in self.store.commands_waiting():
+            self._key = max(self._key, w.id)
+            age = min(max(now_wall - w.received, 0.0), TTL + 1)  # a clock stepped back: not < 0
             try:
-                p = Pending(node, json.loads(body), json.loads(request_id), now - age, key=key,
-                            wall=wall)
+                p = Pending(w.node, json.loads(w.body), json.loads(w.request_id), now - age,
+                            key=w.id, wall=w.received)
             except ValueError:
-                self._done.append(key)
+                self._done.append(w.id)
                 continue
             self.pending.append(p)
         if self.pending:
@@ -120,7 +122,7 @@ class Commands:
             if self.store is None or not (self._add or self._done):
                 return
             add, done, self._add, self._done = self._add, self._done, [], []
-            rows = [(p.key, p.node, json.dumps(p.body), json.dumps(p.request_id), p.wall)
+            rows = [Waiting(p.key, p.node, json.dumps(p.body), json.dumps(p.request_id), p.wall)
                     for p in add]
             try:
                 await asyncio.to_thread(self.store.save_commands, rows, done)
@@ -204,6 +206,12 @@ class Commands:
         for p in self.pending:
             if p.node == node:
                 self._try(p)
+
+    async def resend(self) -> None:
+        """The resend task: a command not yet acked goes again every resend_every seconds."""
+        while True:
+            await asyncio.sleep(min(1.0, self.resend_every))
+            self.tick()
 
     def tick(self) -> None:
         now = time.monotonic()
