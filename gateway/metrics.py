@@ -19,7 +19,7 @@ class GatewayCollector:
     def collect(self):
         gw = self.gw
         v, ing, com = gw.verifier.stats, gw.ingest.stats, gw.commit.stats
-        up, cmd = gw.uplink.stats, gw.commands
+        up, cmd = gw.uplink.stats, gw.commands.stats
 
         def counter(name, doc, value):
             return CounterMetricFamily(P + name, doc, value=value)
@@ -103,14 +103,14 @@ class GatewayCollector:
                     "Seconds since the uplink last published or found nothing to send",
                     time.monotonic() - up.last_progress)
         yield counter("commands_sent", "CMD frames sent to nodes (resends included)", cmd.sent)
-        yield counter("commands_acked", "Commands a node acknowledged", cmd.acked_total)
+        yield counter("commands_acked", "Commands a node acknowledged", cmd.acked)
         yield counter("commands_rejected", "Command requests refused (bad JSON, op, node)",
                       cmd.rejected)
         yield counter("commands_retained", "Retained command messages refused (never run)",
                       cmd.retained)
         yield counter("commands_expired", "Commands given up after their time to live",
                       cmd.expired)
-        yield gauge("commands_pending", "Commands waiting for a node's ack", len(cmd.pending))
+        yield gauge("commands_pending", "Commands waiting for a node's ack", cmd.pending)
         dl = gw.downlink.stats
         sent = CounterMetricFamily(P + "downlink_frames", "Frames sent to nodes, by kind",
                                    labels=["kind"])
