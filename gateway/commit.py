@@ -56,7 +56,7 @@ class Commit:
             batch = [await self.queue.get()]
             while len(batch) < COMMIT_MAX and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            st.began = time.monotonic()
+            st.queued, st.began = self.queue.qsize(), time.monotonic()
             outcomes = await self._store(batch)
             for i, (link, frame, _) in enumerate(batch):
                 if i < len(outcomes):
