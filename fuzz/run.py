@@ -46,10 +46,10 @@ UPLINK = Uplink(SPOOL, Config(gateway_id="fuzz", brokers=["mqtt://127.0.0.1:9"])
 
 
 def check(cobs: bytes) -> None:
-    before = verifier.accepted + sum(verifier.rejected.values())
+    before = verifier.stats.accepted + sum(verifier.stats.rejected.values())
     checked = verifier.check(cobs)
     tally["frames"] += 1
-    if verifier.accepted + sum(verifier.rejected.values()) != before + 1:
+    if verifier.stats.accepted + sum(verifier.stats.rejected.values()) != before + 1:
         raise AssertionError("a frame was not counted exactly once")
     if checked and checked[0].kind == frames.DATA:
         SPOOL.store([spool_entry(*checked)])
@@ -120,8 +120,8 @@ def one_input(data: bytes) -> None:
 
 
 def report():
-    counts = {k: v for k, v in verifier.rejected.items() if v}
-    print(json.dumps({**tally, "accepted": verifier.accepted, "rejected": counts}),
+    counts = {k: v for k, v in verifier.stats.rejected.items() if v}
+    print(json.dumps({**tally, "accepted": verifier.stats.accepted, "rejected": counts}),
           file=sys.stderr, flush=True)
 
 

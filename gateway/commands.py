@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .spool import Waiting
+
 log = logging.getLogger("sensorcity.gateway.commands")
 INTERVAL_MAX = 86400
 TTL = 24 * 3600.0  # a node that stays away this long gets its command expired
@@ -63,6 +65,17 @@ def parse(node: str, payload: bytes) -> dict:
     raise ValueError(f"unknown op {op!r}: use interval or reboot")
 
 
+@dataclass(slots=True)
+class CommandStats:
+    sent: int = 0               # CMD frames sent (resends included)
+    acked: int = 0              # commands a node acknowledged
+    rejected: int = 0           # requests refused (bad JSON, op, node, too many waiting)
+    retained: int = 0           # retained messages refused (never run)
+    expired: int = 0            # given up after their time to live
+    pending: int = 0            # waiting for a node's ack now
+    save_failures: int = 0      # writes of the waiting commands the spool refused
+
+
 class Commands:
     def __init__(self, base: str, send: Callable[[str, dict], int | None],
                  reply: Callable[[str, bytes], None], known: Callable[[str], bool],
@@ -73,13 +86,8 @@ class Commands:
         self.known = known
         self.resend_every = resend_every
         self.pending: list[Pending] = []
-        self.sent = 0
-        self.acked_total = 0
-        self.rejected = 0
-        self.retained = 0
-        self.expired = 0
+        self.stats = CommandStats()
         self.store = store  # the spool, or None: in memory only
-        self.save_failures = 0
         self._add: list[Pending] = []  # taken, not yet written
         self._done: list[int] = []     # acked or expired, not yet deleted
         self._wake = asyncio.Event()
@@ -91,16 +99,17 @@ class Commands:
     def _load(self) -> None:
         """The commands a previous run left waiting, with the time they have waited."""
         now_wall, now = time.time(), time.monotonic()
-        for key, node, body, request_id, wall in self.store.commands_waiting():
-            self._key = max(self._key, key)
-            age = min(max(now_wall - wall, 0.0), TTL + 1)  # a clock stepped back: not negative
+        for w in self.store.commands_waiting():
+            self._key = max(self._key, w.id)
+            age = min(max(now_wall - w.received, 0.0), TTL + 1)  # a clock stepped back: not < 0
             try:
-                p = Pending(node, json.loads(body), json.loads(request_id), now - age, key=key,
-                            wall=wall)
+                p = Pending(w.node, json.loads(w.body), json.loads(w.request_id), now - age,
+                            key=w.id, wall=w.received)
             except ValueError:
-                self._done.append(key)
+                self._done.append(w.id)
                 continue
             self.pending.append(p)
+        self.stats.pending = len(self.pending)
         if self.pending:
             log.info("%d commands wait for their nodes since the last run", len(self.pending))
 
@@ -111,6 +120,7 @@ class Commands:
             self._add.append(add)
         if done is not None:
             self._done.append(done.key)
+        self.stats.pending = len(self.pending)
         self._wake.set()
 
     async def flush(self) -> None:
@@ -120,16 +130,16 @@ class Commands:
             if self.store is None or not (self._add or self._done):
                 return
             add, done, self._add, self._done = self._add, self._done, [], []
-            rows = [(p.key, p.node, json.dumps(p.body), json.dumps(p.request_id), p.wall)
+            rows = [Waiting(p.key, p.node, json.dumps(p.body), json.dumps(p.request_id), p.wall)
                     for p in add]
             try:
                 await asyncio.to_thread(self.store.save_commands, rows, done)
             except Exception as exc:
                 self._add[:0], self._done[:0] = add, done
-                self.save_failures += 1
-                if self.save_failures % 60 == 1:
+                self.stats.save_failures += 1
+                if self.stats.save_failures % 60 == 1:
                     log.error("commands: %d waiting commands not written to the spool (%d "
-                              "failures): %s", len(add), self.save_failures, exc)
+                              "failures): %s", len(add), self.stats.save_failures, exc)
                 raise
 
     async def persist(self) -> None:
@@ -156,7 +166,7 @@ class Commands:
         except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
             req_id = None
         if retain:
-            self.retained += 1
+            self.stats.retained += 1
             log.warning("retained command on %s refused (clear it: mosquitto_pub -r -n -t %s)",
                         topic, topic)
             self._answer(node, "rejected", req_id, error="retained: a command must not be "
@@ -171,7 +181,7 @@ class Commands:
                 raise ValueError(f"{NODE_PENDING_MAX} commands wait for {node} already")
             body = parse(node, payload)
         except ValueError as exc:
-            self.rejected += 1
+            self.stats.rejected += 1
             self._answer(node, "rejected", req_id, error=str(exc))
             return
         p = Pending(node, body, req_id)
@@ -185,7 +195,7 @@ class Commands:
         if seq is not None:
             p.seqs.add(seq)
             p.sent_at = time.monotonic()
-            self.sent += 1
+            self.stats.sent += 1
 
     def acked(self, node: str, seq: int) -> None:
         """The node acked one of our frames; if it carried a command, the command is done."""
@@ -193,7 +203,7 @@ class Commands:
             if p.node == node and seq in p.seqs:
                 self.pending.remove(p)
                 self._changed(done=p)
-                self.acked_total += 1
+                self.stats.acked += 1
                 self._answer(node, "acked", p.request_id, op=p.body["op"], seq=seq,
                              attempts=len(p.seqs),
                              seconds=round(time.monotonic() - p.received, 3))
@@ -205,13 +215,19 @@ class Commands:
             if p.node == node:
                 self._try(p)
 
+    async def resend(self) -> None:
+        """The resend task: a command not yet acked goes again every resend_every seconds."""
+        while True:
+            await asyncio.sleep(min(1.0, self.resend_every))
+            self.tick()
+
     def tick(self) -> None:
         now = time.monotonic()
         for p in list(self.pending):
             if now - p.received > TTL:
                 self.pending.remove(p)
                 self._changed(done=p)
-                self.expired += 1
+                self.stats.expired += 1
                 self._answer(p.node, "expired", p.request_id, op=p.body["op"])
             elif now - p.sent_at >= self.resend_every:
                 self._try(p)

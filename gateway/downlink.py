@@ -1,4 +1,5 @@
-"""The downlink stage: ACK, TIME and CMD frames to the nodes, and the time-sync rounds.
+"""The downlink stage: ACK, SEQ, TIME and CMD frames to the nodes, the link each node's
+downlink goes to (its route), the answer to a hello and the time-sync rounds.
 
 A TIME or CMD frame carries a per-node sequence number the node has not seen: a node drops any
 number at or below the last it accepted (firmware/node.py), so a restarted gateway must never
@@ -54,6 +55,7 @@ class Downlink:
         self.asked = dict(self.durable)           # node -> highest reservation durable or asked
         self.wanted: dict[str, int] = {}          # node -> reservation still to write
         self.held: dict[str, deque] = {}          # node -> (link, seq, kind, body) waiting
+        self.links: dict = {}                     # node -> the link its downlink goes to
         self.writer: asyncio.Task | None = None
         self.clock: Callable[[], float] = time.time  # the time TIME frames carry (a test's seam)
 
@@ -84,6 +86,26 @@ class Downlink:
     def time(self, link, node: str) -> int:
         return self.send(link, node, frames.TIME, None)
 
+    def route(self, node: str, link) -> None:
+        """The node's downlink (commands, time) goes to this link from now on (the caller
+        checked the frame is newer than any before: no replay moves a route); the node's old
+        link, carrying no other node, is hung up (the node reconnected)."""
+        old = self.links.get(node)
+        self.links[node] = link
+        link.routed = True
+        if old is not None and old is not link and old not in self.links.values():
+            old.routed = False
+            old.close()
+
+    def hello(self, link, frame: frames.Frame, floor: int | None) -> None:
+        """A hello's answer: its ACK, the floor of its epoch when it has one (docs/protocol.md,
+        "Re-flashed nodes"), the time."""
+        self.send(link, frame.node, frames.ACK, frame.seq)
+        if floor is not None:
+            self.send(link, frame.node, frames.SEQ,
+                      {"epoch": frames.hello_epoch(frame), "floor": floor})
+        self.time(link, frame.node)
+
     def _write(self, link, node: str, kind: int, seq: int, body) -> None:
         if kind == frames.TIME:
             body = int(self.clock() * 1000)  # the clock when it leaves, not when it was asked
@@ -94,10 +116,10 @@ class Downlink:
             self.stats.acks += 1
         link.send(frames.encode(self.key_for(node), kind, node, seq, body))
 
-    async def time_sync(self, links: dict, every: float) -> None:
+    async def time_sync(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
-            for node, link in list(links.items()):
+            for node, link in list(self.links.items()):
                 if link.open:
                     self.time(link, node)
 

@@ -22,7 +22,7 @@ import resource
 import socket
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from ..errors import FatalError
@@ -77,6 +77,19 @@ class LinkStats:
     write_overflows: int = 0    # sessions closed because the peer did not read (TCP)
 
 
+@dataclass(slots=True)
+class IngestStats:
+    """The ingest stage's counters: each link's by name, and the TCP listener's."""
+    links: dict[str, LinkStats] = field(default_factory=dict)
+    overflows: int = 0          # runs longer than a frame on any link: rejections "overflow"
+    tcp_open: int = 0           # TCP links open now ...
+    tcp_max: int = 0            # ... and allowed at once (from the open-file limit)
+    tcp_refused: int = 0        # connections refused at capacity
+    tcp_evicted: int = 0        # links without a valid frame (or a node) closed for a new one
+    tcp_timeouts: int = 0       # links closed for silence: no valid frame in time, or idle
+    accept_errors: int = 0      # failed accepts (EMFILE ...)
+
+
 class Link:
     """One node connection; frames from it are acked back on it."""
 
@@ -89,7 +102,7 @@ class Link:
         self.stats = stats or LinkStats()
         self.open = True
         self.authenticated = False  # a frame from it verified (a node's key made it)
-        self.routed = False         # set by the service: some node's downlink goes here
+        self.routed = False         # set by the downlink (its route): a node's downlink goes here
         self.idle: float | None = None  # seconds of silence before a TCP link is closed
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -135,17 +148,9 @@ class Ingest:
         self.tcp_max = tcp_max
         self.auth_timeout = auth_timeout
         self.idle = idle
-        self.stats: dict[str, LinkStats] = {}
+        self.stats = IngestStats(tcp_max=tcp_max)
         self._tcp: dict[Link, None] = {}   # open TCP links, oldest first
-        self.on_overflow: Callable[[int], None] | None = None  # counted as a rejection too
-        # TCP counters: refused at capacity, unauthenticated evicted for a newer one, closed for
-        # silence (no valid frame in time, or idle), failed accepts (EMFILE ...)
-        self.tcp_refused = self.tcp_evicted = self.tcp_timeouts = self.accept_errors = 0
         self._logged_at = -LOG_EVERY
-
-    @property
-    def tcp_open(self) -> int:
-        return len(self._tcp)
 
     def close_links(self) -> None:
         """Hang up every TCP link (serial links end with their watcher's tasks)."""
@@ -153,13 +158,12 @@ class Ingest:
             link.close()
 
     def _stats(self, name: str) -> LinkStats:
-        return self.stats.setdefault(name, LinkStats())
+        return self.stats.links.setdefault(name, LinkStats())
 
     async def _pump(self, link: Link, data: bytes) -> None:
         before = link.stats.overflows
         cobs_frames = link.feed(data)
-        if link.stats.overflows != before and self.on_overflow:
-            self.on_overflow(link.stats.overflows - before)
+        self.stats.overflows += link.stats.overflows - before
         for cobs in cobs_frames:
             ok = await self.handle(link, cobs)
             if ok is False:
@@ -175,20 +179,21 @@ class Ingest:
         victim = next((link for link in self._tcp if not link.authenticated), None) or \
             next((link for link in self._tcp if not link.routed), None)
         if victim is None:
-            self.tcp_refused += 1
+            self.stats.tcp_refused += 1
             return False
-        self.tcp_evicted += 1
+        self.stats.tcp_evicted += 1
         self._tcp.pop(victim)
+        self.stats.tcp_open = len(self._tcp)
         victim.close()
         return True
 
     def _accept_failed(self, exc: OSError) -> None:
-        self.accept_errors += 1
+        self.stats.accept_errors += 1
         now = time.monotonic()
         if now - self._logged_at >= LOG_EVERY:
             self._logged_at = now
             log.error("accept: %s (%d failed accepts so far; %d TCP links open)",
-                      exc.strerror or exc, self.accept_errors, len(self._tcp))
+                      exc.strerror or exc, self.stats.accept_errors, len(self._tcp))
 
     async def serve_tcp(self, host: str, port: int, started: asyncio.Event | None = None):
         loop = asyncio.get_running_loop()
@@ -256,6 +261,7 @@ class Ingest:
         stats = self._stats(f"tcp:{peer[0]}")
         link = Link(f"tcp:{peer[0]}:{peer[1]}", write, stats, close)
         self._tcp[link] = None
+        self.stats.tcp_open = len(self._tcp)
         stats.sessions += 1
         stats.open += 1
         return link, io
@@ -276,7 +282,7 @@ class Ingest:
                     async with asyncio.timeout(max(timeout, 0)):
                         data = await reader.read(READ_CHUNK)
                 except TimeoutError:
-                    self.tcp_timeouts += 1
+                    self.stats.tcp_timeouts += 1
                     break
                 if not data:
                     break
@@ -286,6 +292,7 @@ class Ingest:
         finally:
             link.open = False
             self._tcp.pop(link, None)
+            self.stats.tcp_open = len(self._tcp)
             link.stats.open -= 1
             if io["transport"] is not None:
                 io["transport"].abort()

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the gateway's own counters, read at scrape time (no second bookkeeping),
+"""Prometheus metrics: the stages' stats objects, read at scrape time (no second bookkeeping),
 and a histogram of the latency from a frame's arrival to the broker's PUBACK of its batch."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ class GatewayCollector:
 
     def collect(self):
         gw = self.gw
-        v, up, cmd = gw.verifier, gw.uplink, gw.commands
+        v, ing, com = gw.verifier.stats, gw.ingest.stats, gw.commit.stats
+        up, cmd = gw.uplink.stats, gw.commands.stats
 
         def counter(name, doc, value):
             return CounterMetricFamily(P + name, doc, value=value)
@@ -29,39 +30,38 @@ class GatewayCollector:
         yield counter("frames_accepted", "Frames that passed verification", v.accepted)
         rej = CounterMetricFamily(P + "frames_rejected", "Frames rejected, by reason",
                                   labels=["reason"])
-        for reason, n in sorted(v.rejected.items()):
+        for reason, n in sorted(gw.verdict.rejections().items()):
             rej.add_metric([reason], n)
         yield rej
-        yield counter("frames_stored", "Data frames committed to the spool", gw.stored)
+        yield counter("frames_stored", "Data frames committed to the spool", com.stored)
         yield counter("frames_duplicate", "Data frames seen before (re-sent), acked again",
-                      gw.duplicates)
+                      com.duplicates)
         sp = gw.spool.stats()
         yield gauge("spool_frames", "Frames in the spool not yet acknowledged by the broker",
-                    sp["rows"])
-        yield gauge("spool_readings", "Readings in the spool not yet acknowledged", sp["readings"])
-        yield gauge("spool_used_bytes", "Bytes the spool's pages use", sp["used_bytes"])
-        yield gauge("spool_budget_bytes", "The spool's disk budget", sp["budget_bytes"])
+                    sp.rows)
+        yield gauge("spool_readings", "Readings in the spool not yet acknowledged", sp.readings)
+        yield gauge("spool_used_bytes", "Bytes the spool's pages use", sp.used_bytes)
+        yield gauge("spool_budget_bytes", "The spool's disk budget", sp.budget_bytes)
         for what in ("frames", "readings", "intervals"):
             yield counter(f"spool_dropped_{what}",
                           f"{what.capitalize()} dropped over the disk budget (oldest intervals)",
-                          sp[f"dropped_{what}"])
+                          getattr(sp, f"dropped_{what}"))
         yield gauge("spool_damaged", "Damaged spool files set aside and kept (delete to clear)",
-                    sp["damaged"])
+                    sp.damaged)
         yield counter("spool_salvaged_rows", "Rows salvaged from damaged spool files",
-                      sp["salvaged"])
+                      sp.salvaged)
         yield counter("spool_lost_rows", "Rows of damaged spool files that could not be read",
-                      sp["lost"])
+                      sp.lost)
         yield counter("spool_quarantined_rows",
-                      "Rows kept in quarantine: their pack no longer decodes", sp["quarantined"])
+                      "Rows kept in quarantine: their pack no longer decodes", sp.quarantined)
         yield counter("spool_full", "Commits refused because the disk was full (not acked)",
-                      gw.spool_full)
+                      com.spool_full)
         yield counter("commit_errors", "Commits that failed unexpectedly (not acked; logged)",
-                      gw.commit_errors)
+                      com.errors)
         yield counter("floors_refused", "Hellos answered without a floor: the id's numbers "
-                      "are spent (re-provision the node)", gw.floors_refused)
+                      "are spent (re-provision the node)", v.floors_refused)
         yield counter("control_save_failures", "Transactions of control seqs the spool "
                       "refused (kept in memory; logged)", gw.control.failures)
-        ing = gw.ingest
         yield gauge("tcp_links_open", "TCP links open now", ing.tcp_open)
         yield gauge("tcp_links_max", "TCP links allowed at once (from the open-file limit)",
                     ing.tcp_max)
@@ -103,14 +103,14 @@ class GatewayCollector:
                     "Seconds since the uplink last published or found nothing to send",
                     time.monotonic() - up.last_progress)
         yield counter("commands_sent", "CMD frames sent to nodes (resends included)", cmd.sent)
-        yield counter("commands_acked", "Commands a node acknowledged", cmd.acked_total)
+        yield counter("commands_acked", "Commands a node acknowledged", cmd.acked)
         yield counter("commands_rejected", "Command requests refused (bad JSON, op, node)",
                       cmd.rejected)
         yield counter("commands_retained", "Retained command messages refused (never run)",
                       cmd.retained)
         yield counter("commands_expired", "Commands given up after their time to live",
                       cmd.expired)
-        yield gauge("commands_pending", "Commands waiting for a node's ack", len(cmd.pending))
+        yield gauge("commands_pending", "Commands waiting for a node's ack", cmd.pending)
         dl = gw.downlink.stats
         sent = CounterMetricFamily(P + "downlink_frames", "Frames sent to nodes, by kind",
                                    labels=["kind"])
@@ -139,10 +139,10 @@ class GatewayCollector:
         }
         for attr, (kind, name, doc) in families.items():
             fam = kind(P + name, doc, labels=["link"])
-            for link, stats in sorted(gw.ingest.stats.items()):
+            for link, stats in sorted(ing.links.items()):
                 fam.add_metric([link], getattr(stats, attr))
             yield fam
-        ok, _ = gw.health()
+        ok, _ = gw.verdict.health()
         yield gauge("healthy", "1 when /healthz answers 200", int(ok))
 
 

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
@@ -90,6 +91,35 @@ class Row(NamedTuple):
     received: float   # when the gateway stored it (time.time())
     pack: bytes       # its records, a SenML-CBOR pack
     readings: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """The spool's counters as of its last commit, replaced whole after each one, so a reader on
+    the event loop or in another thread never waits for the lock a long commit holds."""
+    rows: int = 0                 # in the outbox, waiting for the broker's PUBACK
+    readings: int = 0
+    dropped_frames: int = 0       # over the disk budget, since the spool was made
+    dropped_readings: int = 0
+    dropped_intervals: int = 0
+    quarantined: int = 0          # their pack no longer decodes
+    salvaged: int = 0             # rows copied out of damaged files
+    lost: int = 0                 # rows of damaged files that could not be read
+    used_bytes: int = 0           # the pages in use
+    budget_bytes: int = 0         # the disk budget
+    damaged: int = 0              # damaged files kept beside the spool (stats() looks)
+
+
+_TALLIES = tuple(f.name for f in fields(SpoolStats))
+
+
+class Waiting(NamedTuple):
+    """A command waiting for its node (gateway/commands.py)."""
+    id: int
+    node: str
+    body: str         # JSON
+    request_id: str   # JSON
+    received: float   # time.time()
 
 
 class SpoolFull(Exception):
@@ -299,10 +329,9 @@ class Spool:
                 raise SpoolFull(str(exc)) from exc
         raise AssertionError("unreachable")
 
-    def insert(self, node: str, seq: int, pack: bytes, readings: int, t: float | None = None,
-               *, now: float | None = None) -> str | bool:
-        """Add one data frame inside a transaction. Without t (the skeleton's call) the result
-        is True when stored, False otherwise; with t it is the outcome."""
+    def insert(self, node: str, seq: int, pack: bytes, readings: int, t: float, *,
+               now: float | None = None) -> str:
+        """Add one data frame inside a transaction: STORED, DUPLICATE or STALE (see store)."""
         now = time.time() if now is None else now
         if seq <= self.floor.get(node, -1):
             outcome = STALE
@@ -312,10 +341,9 @@ class Spool:
         else:
             self.db.execute(
                 "INSERT INTO outbox (node, seq, received, pack, readings, t) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (node, seq, now, pack, readings,
-                                              now if t is None else t))
+                "VALUES (?, ?, ?, ?, ?, ?)", (node, seq, now, pack, readings, t))
             outcome = STORED
-        return outcome if t is not None else outcome == STORED
+        return outcome
 
     def _prune_due(self, now: float) -> bool:
         """A prune is due at pruned_at, or at once when the clock went back past the last prune
@@ -397,15 +425,15 @@ class Spool:
         """The counters stats() and depth() give, read after each commit under the lock (O(1)),
         so that the event loop reads them without waiting for the lock: a long commit holds it."""
         counts = dict(self.db.execute("SELECT name, value FROM tally"))
-        counts["used_bytes"] = self.used_pages() * self.page_size
-        self.counts = counts  # replaced whole: a reader in another thread sees old or new
+        # replaced whole: a reader in another thread sees the old or the new
+        self.counts = SpoolStats(**{k: v for k, v in counts.items() if k in _TALLIES},
+                                 used_bytes=self.used_pages() * self.page_size)
 
-    def stats(self) -> dict[str, int]:
-        """rows, readings (in the outbox), dropped_frames/_readings/_intervals, quarantined,
-        salvaged and lost (since the spool was made), used_bytes and budget_bytes, as of the last
-        commit: no lock, no query; damaged: the damaged files kept beside the spool."""
-        return {**self.counts, "budget_bytes": self.max_pages * self.page_size,
-                "damaged": len(self.damaged_files())}
+    def stats(self) -> SpoolStats:
+        """The counters as of the last commit (no lock, no query), with the budget and the
+        number of damaged files kept beside the spool."""
+        return replace(self.counts, budget_bytes=self.max_pages * self.page_size,
+                       damaged=len(self.damaged_files()))
 
     # --- uplink side -----------------------------------------------------------------------
     @_guarded
@@ -429,7 +457,7 @@ class Spool:
 
     def depth(self) -> int:
         """Frames in the outbox as of the last commit: no lock, no query (see _count)."""
-        return self.counts["rows"]
+        return self.counts.rows
 
     # --- downlink numbers (gateway/downlink.py) --------------------------------------------
     def downlink_reserved(self) -> dict[str, int]:
@@ -463,14 +491,13 @@ class Spool:
 
     # --- operator commands waiting for their node (gateway/commands.py) --------------------
     @_guarded
-    def commands_waiting(self) -> list[tuple[int, str, str, str, float]]:
-        """(id, node, body JSON, request id JSON, received time.time()), oldest first."""
+    def commands_waiting(self) -> list[Waiting]:
+        """The commands waiting for their nodes, oldest first."""
         with self.lock:
-            return self.db.execute("SELECT id, node, body, request_id, received FROM commands "
-                                   "ORDER BY id").fetchall()
+            return [Waiting(*r) for r in self.db.execute(
+                "SELECT id, node, body, request_id, received FROM commands ORDER BY id")]
 
-    def save_commands(self, add: list[tuple[int, str, str, str, float]],
-                      remove: list[int]) -> None:
+    def save_commands(self, add: list[Waiting], remove: list[int]) -> None:
         """Commands taken and commands done (acked, expired), in one transaction."""
         with self.transaction():
             self.db.executemany("INSERT OR REPLACE INTO commands VALUES (?, ?, ?, ?, ?)", add)

@@ -26,11 +26,11 @@ def spool_state(spool) -> dict:
     """The spool's counters and the age of its oldest waiting frame (both O(1) queries)."""
     st = spool.stats()
     oldest = spool.oldest(1)
-    return {"frames": st["rows"], "readings": st["readings"],
+    return {"frames": st.rows, "readings": st.readings,
             "oldest_received": oldest[0].received if oldest else None,
-            "used_bytes": st["used_bytes"], "budget_bytes": st["budget_bytes"],
-            "dropped_frames": st["dropped_frames"], "dropped_readings": st["dropped_readings"],
-            "dropped_intervals": st["dropped_intervals"]}
+            "used_bytes": st.used_bytes, "budget_bytes": st.budget_bytes,
+            "dropped_frames": st.dropped_frames, "dropped_readings": st.dropped_readings,
+            "dropped_intervals": st.dropped_intervals}
 
 
 def _pending(commands, now_mono: float) -> dict[str, list]:
@@ -44,23 +44,22 @@ def _pending(commands, now_mono: float) -> dict[str, list]:
 
 def snapshot(gw, spool: dict, now: float | None = None) -> dict:
     now = time.time() if now is None else now
-    up = gw.uplink
-    ok, why = gw.health()
+    up = gw.uplink.stats
+    ok, why = gw.verdict.health()
     oldest = spool.get("oldest_received")
     pending = _pending(gw.commands, time.monotonic())
     nodes = gw.nodes.view(now)
     for row in nodes:
         row["pending"] = pending.get(row["node"], [])
-    rejected = dict(gw.verifier.rejected)
+    rejected = gw.verdict.rejections()
     return {
         "now": now,
         "gateway": {"id": gw.cfg.gateway_id, "version": version(), "started": gw.started,
                     "uptime_s": now - gw.started, "healthy": ok, "health": why},
         "uplink": {
-            "broker": f"{up.broker.host}:{up.broker.port}" if up.connected and up.broker
-            else None,
-            "brokers": [f"{b.host}:{b.port}" for b in up.brokers],
-            "tls": bool(up.broker.tls) if up.connected and up.broker else None,
+            "broker": up.broker if up.connected else None,
+            "brokers": list(up.brokers),
+            "tls": up.tls if up.connected else None,
             "connected": up.connected,
             "connected_since": up.connected_at if up.connected else None,
             "last_puback": up.last_puback, "in_flight": up.in_flight,

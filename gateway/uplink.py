@@ -26,9 +26,9 @@ import logging
 import random
 import ssl
 import time
+from dataclasses import dataclass, field
 
 import aiomqtt
-import cbor2
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -36,10 +36,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import FatalError
+from ..protocol import senml
 from .config import Broker, Config
 from .spool import Spool
 
-__all__ = ["Broker", "PublishRefused", "Uplink", "tls_context"]
+__all__ = ["Broker", "PublishRefused", "Uplink", "UplinkStats", "tls_context"]
 log = logging.getLogger("sensorcity.gateway.uplink")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STABLE = 10.0          # a connection that lasted this long resets the backoff
@@ -103,6 +104,31 @@ class Client(aiomqtt.Client):
         return reason if isinstance(reason, ReasonCode) else None
 
 
+@dataclass(slots=True)
+class UplinkStats:
+    """The uplink's counters and state, for metrics, health and the status page. Brokers are
+    named host:port: no user or password is held here."""
+    brokers: list[str] = field(default_factory=list)  # the configured list, in order
+    connected: bool = False
+    broker: str | None = None            # host:port while connected
+    tls: bool | None = None              # while connected
+    connected_at: float | None = None    # wall clock
+    last_puback: float | None = None     # wall clock, of the last batch the broker took
+    # monotonic: the last batch published, or the last look that found nothing to send
+    last_progress: float = field(default_factory=time.monotonic)
+    in_flight: int = 0                   # batches awaiting a PUBACK
+    published_batches: int = 0
+    published_readings: int = 0
+    backlog_batches: int = 0             # rounds sent while rows beyond them waited
+    connects: int = 0
+    failures: int = 0
+    # batches the broker refused, by (PUBACK reason code, reason)
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    replayed_batches: int = 0            # acked batches re-sent after a lost connection
+    replies_dropped: int = 0
+    replies_refused: int = 0
+
+
 class Uplink:
     def __init__(self, spool: Spool, cfg: Config):
         self.spool = spool
@@ -126,26 +152,11 @@ class Uplink:
         self.on_published = None             # callback(rows) for metrics and latency
         self.broker: Broker | None = None
         self._mark: int | None = None        # the last backlog row's id while one drains
-        self.connected = False
         self.draining = False               # stopping: publish what is there, ignore batch_age
-        # counters (exported as metrics)
-        self.published_batches = 0
-        self.published_readings = 0
-        self.backlog_batches = 0             # batches sent while rows beyond them waited
-        self.connects = 0
-        self.failures = 0
-        self.replies_dropped = 0
-        self.refused: dict[tuple[str, str], int] = {}  # (code, reason) -> batches refused
-        self.replies_refused = 0
-        self.last_progress = time.monotonic()
-        # for the status page (gateway/status.py): wall clock times, batches awaiting a PUBACK
-        self.connected_at: float | None = None
-        self.last_puback: float | None = None
-        self.in_flight = 0
+        self.stats = UplinkStats(brokers=[f"{b.host}:{b.port}" for b in self.brokers])
         self._lost = asyncio.Event()          # the message reader saw this connection end
         self.recent: collections.deque = collections.deque()  # (monotonic, payload, id, frames)
         self.recent_frames = 0
-        self.replayed_batches = 0
         self._refusal_backoff = BACKOFF_MIN
 
     def _client(self, broker: Broker) -> Client:
@@ -171,19 +182,22 @@ class Uplink:
             began = time.monotonic()
             try:
                 async with self._client(broker) as client:
-                    self.broker, self.client, self.connected = broker, client, True
-                    self.connects += 1
-                    self.connected_at = time.time()
+                    self.broker, self.client = broker, client
+                    st = self.stats
+                    st.connected, st.broker, st.tls = True, f"{broker.host}:{broker.port}", \
+                        bool(broker.tls)
+                    st.connects += 1
+                    st.connected_at = time.time()
                     self._mark = None
                     self._lost.clear()
                     log.info("connected to %s:%d%s", broker.host, broker.port,
                              " (TLS)" if broker.tls else "")
                     await self._until_lost(self._session(client))
             except aiomqtt.MqttError as exc:
-                self.failures += 1
+                self.stats.failures += 1
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
-                self.connected = False
+                self.stats.connected = False
                 self.client = None
                 self.session.clear()
             if time.monotonic() - began > STABLE:
@@ -231,7 +245,7 @@ class Uplink:
             except PublishRefused as exc:
                 log.warning("replay of batch %s %s; not retried", batch_id, exc)
                 continue
-            self.replayed_batches += 1
+            self.stats.replayed_batches += 1
 
     async def _until_lost(self, work) -> None:
         """Run the session until it ends or the connection is found dead (keepalive: paho
@@ -271,11 +285,20 @@ class Uplink:
             while self.client is client:
                 await asyncio.sleep(0.1)  # until the uplink has left this connection
 
+    def poke(self) -> None:
+        """Something new in the spool: look now."""
+        self.wake.set()
+
+    def drain(self) -> None:
+        """Stopping: publish what is there at once, batch_age or not."""
+        self.draining = True
+        self.wake.set()
+
     def reply(self, topic: str, payload: bytes) -> None:
         """Queue a small message (a command's ack); the oldest is dropped when full."""
         if self.replies.full():
             self.replies.get_nowait()
-            self.replies_dropped += 1
+            self.stats.replies_dropped += 1
         self.replies.put_nowait((topic, payload))
         self.wake.set()
 
@@ -293,7 +316,7 @@ class Uplink:
             try:
                 await client.publish_checked(topic, payload)
             except PublishRefused as exc:  # an ack is not data: counted, logged, not retried
-                self.replies_refused += 1
+                self.stats.replies_refused += 1
                 log.warning("reply on %s %s", topic, exc)
 
     async def _publish_loop(self, client: Client):
@@ -302,7 +325,7 @@ class Uplink:
             self.wake.clear()  # before looking: a commit from now on wakes the next wait
             oldest, live = await asyncio.to_thread(self.next_round)
             if not oldest:
-                self.last_progress = time.monotonic()  # nothing to send counts as progress
+                self.stats.last_progress = time.monotonic()  # nothing to send counts as progress
                 await self._idle(5)
                 continue
             now = time.time()
@@ -318,7 +341,7 @@ class Uplink:
             if live and not (now - live[0].received >= self.batch_age or
                              len(live) >= self.batch_max or self.draining):
                 live = []
-            self.backlog_batches += 1
+            self.stats.backlog_batches += 1
             results = await asyncio.gather(
                 self._publish(client, oldest), *([self._publish(client, live)] if live else []),
                 return_exceptions=True)
@@ -360,29 +383,31 @@ class Uplink:
 
     async def _publish(self, client: Client, rows) -> bool:
         """True when the broker took the batch (and its rows are released)."""
-        payload, batch_id, readings = self.batch(rows)
+        # a scan of every row's bytes (and, rarely, a quarantine): in a worker thread
+        payload, batch_id, readings = await asyncio.to_thread(self.batch, rows)
         if payload is None:
             return True  # every row was quarantined: nothing to send
-        self.in_flight += 1
+        self.stats.in_flight += 1
         try:
             await client.publish_checked(self.topic, payload, properties=self._props(batch_id))
         except PublishRefused as exc:
             key = (f"{exc.reason.value:#04x}", str(exc.reason))
-            self.refused[key] = self.refused.get(key, 0) + 1
+            refused = self.stats.refused
+            refused[key] = refused.get(key, 0) + 1
             log.warning("batch %s (%d readings) %s; kept in the spool, retried after a backoff",
                         batch_id, readings, exc)
             return False
         finally:
-            self.in_flight -= 1
+            self.stats.in_flight -= 1
         self._refusal_backoff = BACKOFF_MIN
         # a PUBACK that accepts: only now may the rows go
         await asyncio.to_thread(self.spool.release, [r.id for r in rows])
         if self.cfg.replay_window:
             self._remember(payload, batch_id, len(rows))
-        self.published_batches += 1
-        self.published_readings += readings
-        self.last_progress = time.monotonic()
-        self.last_puback = time.time()
+        self.stats.published_batches += 1
+        self.stats.published_readings += readings
+        self.stats.last_progress = time.monotonic()
+        self.stats.last_puback = time.time()
         if self.on_published:
             self.on_published(rows)
         return True
@@ -398,20 +423,21 @@ class Uplink:
                 pass
 
     def batch(self, rows) -> tuple[bytes | None, str, int]:
-        """One SenML pack of the rows' records; each frame's records keep their base name/time."""
-        records, bad = [], []
+        """One SenML pack of the rows' records; each frame's records keep their base name/time.
+        Made of the records' bytes as verify encoded them (one array head for them all): no
+        pack is decoded or encoded again here; one that is no longer well-formed is left out."""
+        parts, bad, count = [], [], 0
         for row in rows:
-            try:
-                pack = cbor2.loads(row.pack)
-                if not isinstance(pack, list):
-                    raise ValueError("not a list")
-            except Exception:  # a damaged row: quarantined, it never blocks the rows behind it
+            span = senml.pack_span(row.pack)
+            if span is None:  # a damaged row: quarantined, it never blocks the rows behind it
                 bad.append(row.id)
                 continue
-            records.extend(pack)
-        if bad:  # rare: a short transaction on the loop
+            count += span[0]
+            parts.append(memoryview(row.pack)[span[1]:])
+        if bad:  # rare: a short transaction
             self.spool.quarantine(bad, "pack does not decode")
         batch_id = f"{self.gateway_id}:{rows[0].id}-{rows[-1].id}"
-        if not records and bad:
+        if not parts and bad:
             return None, batch_id, 0
-        return cbor2.dumps(records), batch_id, sum(r.readings for r in rows if r.id not in bad)
+        return (senml.array_head(count) + b"".join(parts), batch_id,
+                sum(r.readings for r in rows if r.id not in bad))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import cbor2
@@ -13,10 +14,13 @@ from ..protocol import frames, senml
 from .registry import Registry
 
 log = logging.getLogger("sensorcity.gateway.verify")
-# `stale`: a data frame at or below its node's floor in the spool (older than the de-dup window),
-# acked so the node moves on, never stored twice (spool.py, docs/durability.md)
+# Every reason a frame is rejected for, in the order the operator sees them. Verify counts its
+# own; `overflow` (a run longer than a frame on a link) is the ingest stage's count, `stale` (a
+# data frame at or below its node's floor in the spool, older than the de-dup window, acked so
+# the node moves on, never stored twice: spool.py, docs/durability.md) the commit stage's.
 REASONS = ("cobs", "short", "too-long", "crc", "schema", "unknown-node", "tag", "replayed",
            "name", "overflow", "stale")
+VERIFY_REASONS = tuple(r for r in REASONS if r not in ("overflow", "stale"))
 
 
 # Bounds of what a node may send (protocol/link.cddl): anything outside is `schema`, so nothing
@@ -81,23 +85,62 @@ def hello_error(hello) -> str | None:
     return None
 
 
-class Verifier:
-    REASONS = REASONS
+@dataclass(slots=True)
+class VerifyStats:
+    accepted: int = 0
+    rejected: Counter = field(default_factory=lambda: Counter(dict.fromkeys(VERIFY_REASONS, 0)))
+    last_reason: str = ""       # the latest rejection's, for the status page
+    floors_refused: int = 0     # hellos no floor could answer: the id's numbers are spent
 
-    def __init__(self, registry: Registry):
+
+class Verifier:
+    """The verify stage, and the sequence state it judges by: per node, the highest seq
+    accepted (control frames: durable in the spool, gateway/control.py), and each epoch's."""
+    REASONS = VERIFY_REASONS
+
+    def __init__(self, registry: Registry, control: dict[str, int] | None = None,
+                 newest: dict[str, int] | None = None):
         self.registry = registry
-        self.rejected: Counter[str] = Counter({r: 0 for r in REASONS})
-        self.accepted = 0
-        self.control_seq: dict[str, int] = {}
-        self.last_reason = ""  # the latest rejection's, for the status page
+        self.stats = VerifyStats()
+        self.control_seq: dict[str, int] = dict(control or {})  # the last control frame's seq
+        # the highest seq accepted, of any kind (routes and re-flash floors follow it): from
+        # the spool once at start, then in memory, so that no hello waits for the spool's lock
+        self.newest: dict[str, int] = dict(newest or {})
+        for node, seq in self.control_seq.items():
+            self.newest[node] = max(seq, self.newest.get(node, -1))
         self.epochs: dict[str, int] = {}  # the epoch of each node's last accepted hello
         self.floors: dict[str, int] = {}  # the first sequence floor handed to that epoch
         self.hellos: dict[str, int] = {}  # the seq of that epoch's last accepted hello
 
     def reject(self, reason: str, detail: str = "") -> None:
-        self.rejected[reason] += 1
-        self.last_reason = reason
+        self.stats.rejected[reason] += 1
+        self.stats.last_reason = reason
         log.debug("rejected frame: %s %s", reason, detail)
+
+    def advance(self, frame: frames.Frame) -> bool:
+        """True when the frame is newer than any the node sent before (no replay): only such
+        a frame may move the node's downlink."""
+        if frame.seq <= self.newest.get(frame.node, -1):
+            return False
+        self.newest[frame.node] = frame.seq
+        return True
+
+    def floor(self, frame: frames.Frame) -> int | None:
+        """The floor a hello's epoch must number above (docs/protocol.md, "Re-flashed nodes"),
+        or None: no epoch, or the id's numbers are spent (counted, logged)."""
+        if frames.hello_epoch(frame) is None:
+            return None
+        node = frame.node
+        floor = max(self.newest.get(node, -1), self.control_seq.get(node, -1)) + 1
+        if floor >= frames.FLOOR_MAX:  # the id's numbers are spent (a key holder's seq near
+            # 2^32): no floor link.cddl allows is above them; the node must be re-provisioned
+            self.stats.floors_refused += 1
+            log.error("node %s: its numbers are spent up to %d, no floor can be sent: "
+                      "re-provision the board under a new node id", node, floor - 1)
+            return None
+        self.floors.setdefault(node, floor)  # the epoch's first: below it, a hello is the
+        # node still waiting for its floor (new_epoch)
+        return floor
 
     def check(self, cobs: bytes) -> tuple[frames.Frame, list[senml.Record]] | None:
         """A verified frame and, for data frames, its resolved records; None if rejected."""
@@ -142,7 +185,7 @@ class Verifier:
             self.control_seq[frame.node] = max(frame.seq, self.control_seq.get(frame.node, -1))
             if frame.kind == frames.HELLO:
                 self.hellos[frame.node] = frame.seq
-        self.accepted += 1
+        self.stats.accepted += 1
         return frame, records
 
     def new_epoch(self, frame: frames.Frame) -> bool:

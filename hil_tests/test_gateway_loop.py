@@ -34,7 +34,7 @@ def test_health_and_the_spool_counts_do_not_wait_for_a_commit(tmp_path):
     cfg = Config(gateway_id="gw", brokers=["mqtt://127.0.0.1:9"], spool=str(tmp_path / "s"),
                  nodes=str(tmp_path / "none.json"), metrics="")
     gw = Gateway(cfg)
-    gw.uplink.last_progress -= 3600         # no broker for an hour: health looks at the depth
+    gw.uplink.stats.last_progress -= 3600         # no broker for an hour: health looks at the depth
     gw.spool.store([("n", i, 60.0 * i, b"\x80", 3) for i in range(5)])
     db = sqlite3.connect(tmp_path / "s" / "spool.sqlite3")
     rows, readings = db.execute("SELECT count(*), sum(readings) FROM outbox").fetchone()
@@ -54,6 +54,6 @@ def test_health_and_the_spool_counts_do_not_wait_for_a_commit(tmp_path):
     reader.join(10)
     release.set()
     assert got, "depth/stats/health waited for the spool's lock"
-    assert got["depth"] == rows == 5 and got["stats"]["readings"] == readings == 15
+    assert got["depth"] == rows == 5 and got["stats"].readings == readings == 15
     assert got["health"][0] is False and "5 frames spooled" in got["health"][1]
     gw.spool.close()

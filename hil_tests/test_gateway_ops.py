@@ -123,7 +123,7 @@ def test_backlog_drains_oldest_first_without_starving_live_data(tmp_path):
     with spool.transaction():
         for i in range(backlog):
             spool.insert("old", i, cbor2.dumps([{-2: "urn:dev:ops:old:", -3: t0 + i, 0: "x",
-                                                 1: "W", 2: i}]), 1)
+                                                 1: "W", 2: i}]), 1, t0 + i)
     spool.close()
     sub = Subscriber(broker, ["sensorcity/v1/+/batch"])
     gw = Gateway(tmp_path, [broker.url], nodes=("n1", "old"), batch_age=0.5, batch_max=200)

@@ -171,3 +171,80 @@ def pack(records: list[Record]) -> list[dict]:
             rec[T] = r.t - bt
         out.append(rec)
     return out
+
+
+# --- batches from stored packs, without decoding them --------------------------------------
+def _head(b: bytes, i: int) -> tuple[int, int, int, int]:
+    """(major type, additional info, argument, next index) of the CBOR head at i (RFC 8949
+    section 3); a float's argument is its bits. IndexError or ValueError if it is not one."""
+    ib = b[i]
+    major, ai, i = ib >> 5, ib & 31, i + 1
+    if ai < 24:
+        return major, ai, ai, i
+    if ai > 27:  # reserved, or indefinite length: never in a pack we encoded
+        raise ValueError("head")
+    n = 1 << (ai - 24)
+    if i + n > len(b):
+        raise IndexError("head")
+    return major, ai, int.from_bytes(b[i:i + n], "big"), i + n
+
+
+def _value_heads() -> tuple[int, ...]:
+    """Per first byte of a record's label or value: the length of its head (0: refused), and
+    its major type. Integers, byte and text strings, false, true, null and floats are taken;
+    arrays, maps, tags, indefinite lengths and other simple values never are in a pack."""
+    table = [0] * 256
+    for ib in range(256):
+        major, ai = ib >> 5, ib & 31
+        if ai > 27 or major in (4, 5, 6) or (major == 7 and ai not in (20, 21, 22, 25, 26, 27)):
+            continue
+        table[ib] = 1 + (1 << (ai - 24) if ai >= 24 else 0)
+    return tuple(table)
+
+
+_VALUE_HEADS = _value_heads()
+
+
+def pack_span(data: bytes) -> tuple[int, int] | None:
+    """(records, where they begin past the array's head) when `data` is a well-formed CBOR
+    array of records (maps of integer or text labels to numbers, text and bytes; text valid
+    UTF-8; nothing after it), else None. A scan of the heads (RFC 8949 appendix C): nothing is
+    built, so a batch is made of the records' bytes as verify encoded them, once."""
+    end, heads = len(data), _VALUE_HEADS
+    try:
+        major, _, count, i = _head(data, 0)
+        if major != 4 or count < 1:
+            return None
+        start = i
+        for _ in range(count):
+            major, _, pairs, i = _head(data, i)
+            if major != 5:
+                return None
+            for item in range(2 * pairs):
+                ib = data[i]
+                head, major = heads[ib], ib >> 5
+                if not head or (not item & 1 and major not in (0, 1, 3)):  # a label
+                    return None
+                if major in (2, 3):
+                    n = ib & 31 if head == 1 else int.from_bytes(data[i + 1:i + head], "big")
+                    i += head
+                    if i + n > end:
+                        return None
+                    if major == 3:
+                        str(data[i:i + n], "utf-8")  # UnicodeDecodeError is a ValueError
+                    i += n
+                else:
+                    i += head
+    except (IndexError, ValueError):
+        return None
+    return (count, start) if i == end else None
+
+
+def array_head(count: int) -> bytes:
+    """The CBOR head of a definite array of `count` items (RFC 8949 section 3.1, major 4)."""
+    if count < 24:
+        return bytes([0x80 | count])
+    for ai, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if count < 1 << (8 * size):
+            return bytes([0x80 | ai]) + count.to_bytes(size, "big")
+    raise ValueError("array too long for CBOR")

@@ -5,7 +5,7 @@ import asyncio
 def run(gw, scenario):
     """asyncio.run the coroutine function scenario() beside gw's committer task."""
     async def main():
-        task = asyncio.create_task(gw.committer())
+        task = asyncio.create_task(gw.commit.run())
         try:
             await scenario()
         finally:

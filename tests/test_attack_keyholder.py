@@ -46,15 +46,15 @@ def test_a_key_holders_future_dated_frames_do_not_evict_other_nodes_data(gw):
     async def scenario():
         for seq in range(1, 101):
             await gw.handle(link, data("honest", seq, 1795000000 + 60 * seq))
-        await asyncio.wait_for(gw.queue.join(), 10)
+        await asyncio.wait_for(gw.commit.queue.join(), 10)
         seq = 0
-        while gw.spool.stats()["dropped_frames"] == 0 and seq < 20000:
+        while gw.spool.stats().dropped_frames == 0 and seq < 20000:
             seq += 1
             await gw.handle(link, data("thief", seq, 2**32 - 100000 + seq, n=20))
             if seq % 200 == 0:
-                await asyncio.wait_for(gw.queue.join(), 30)
-        await asyncio.wait_for(gw.queue.join(), 30)
-        assert gw.spool.stats()["dropped_frames"] > 0, "the budget was never reached"
+                await asyncio.wait_for(gw.commit.queue.join(), 30)
+        await asyncio.wait_for(gw.commit.queue.join(), 30)
+        assert gw.spool.stats().dropped_frames > 0, "the budget was never reached"
     run(gw, scenario)
     kept = {node for _, node, *_ in gw.spool.oldest(100000)}
     honest = [r for r in gw.spool.oldest(100000) if r[1] == "honest"]
@@ -74,5 +74,5 @@ def test_a_hello_epoch_outside_link_cddl_is_schema(gw, epoch):
 
     async def scenario():
         assert await gw.handle(Link("test", lambda b: None), wire) is False
-        assert gw.verifier.rejected["schema"] == 1
+        assert gw.verifier.stats.rejected["schema"] == 1
     run(gw, scenario)

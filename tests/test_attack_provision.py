@@ -47,13 +47,13 @@ def test_a_key_holder_cannot_write_under_another_nodes_base_name(tmp_path):
                              1: "W", 2: 99999}])
 
     async def scenario():
-        task = asyncio.create_task(gw.committer())
+        task = asyncio.create_task(gw.commit.run())
         try:
             accepted = await gw.handle(Link("thief", lambda b: None), forged[:-1])
-            await asyncio.wait_for(gw.queue.join(), 10)
+            await asyncio.wait_for(gw.commit.queue.join(), 10)
         finally:
             task.cancel()
-        assert not accepted and gw.stored == 0, \
+        assert not accepted and gw.commit.stats.stored == 0, \
             "pole1's key wrote a reading named urn:dev:ops:pole12:power_import"
     asyncio.run(scenario())
 

@@ -51,7 +51,7 @@ def test_a_replayed_control_frame_after_a_gateway_restart_does_not_take_the_down
         for s in range(1, 6):
             await gw.handle(node, wire(frames.DATA, s, [{-2: BASE, -3: 1795000000 + 60 * s,
                                                          0: "x", 1: "W", 2: s}]))
-        await asyncio.wait_for(gw.queue.join(), 10)
+        await asyncio.wait_for(gw.commit.queue.join(), 10)
         assert await gw.handle(node, wire(frames.ACK, 6, 1))  # the node acks a command
     run(gw, first)
     captured = wire(frames.ACK, 6, 1)
@@ -62,7 +62,7 @@ def test_a_replayed_control_frame_after_a_gateway_restart_does_not_take_the_down
 
     async def second():
         await again.handle(neighbour, captured)
-        assert again.links.get("n1") is not neighbour, \
+        assert again.downlink.links.get("n1") is not neighbour, \
             "a replayed ack moved the node's downlink to the neighbour's connection"
     run(again, second)
 

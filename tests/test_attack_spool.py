@@ -64,23 +64,23 @@ def test_every_commit_failing_makes_the_gateway_unhealthy(tmp_path):
     link = Link("n", lambda b: None)
 
     async def scenario():
-        task = asyncio.create_task(gw.committer())
+        task = asyncio.create_task(gw.commit.run())
         try:
             for s in range(1, 6):
                 await gw.handle(link, frames.encode(key, frames.DATA, "n1", s, [
                     {-2: "urn:dev:ops:n1:", -3: 1795000000 + s, 0: "x", 1: "W", 2: s}])[:-1])
             for _ in range(200):
-                if gw.commit_errors >= 1:
+                if gw.commit.stats.errors >= 1:
                     break
                 await asyncio.sleep(0.05)
         finally:
             task.cancel()
     asyncio.run(scenario())
-    assert gw.commit_errors >= 1 and gw.stored == 0
+    assert gw.commit.stats.errors >= 1 and gw.commit.stats.stored == 0
     assert gw.health()[0] is False, \
-        f"health: {gw.health()} after {gw.commit_errors} failed commits"
-    gw.pipeline_stall = 0.0  # failing that long: the watchdog is no longer fed (systemd restarts)
-    assert gw.pipeline_alive() is False
+        f"health: {gw.health()} after {gw.commit.stats.errors} failed commits"
+    gw.verdict.pipeline_stall = 0.0  # failing that long: the watchdog is no longer fed (systemd restarts)
+    assert gw.verdict.pipeline_alive() is False
 
 
 def test_a_spool_file_replaced_under_the_gateway_is_kept_and_merged(tmp_path):

@@ -58,12 +58,12 @@ def through_spool_and_batch(checked) -> None:
 
 
 def counted(v: Verifier, cobs: bytes) -> None:
-    before = v.accepted + sum(v.rejected.values())
+    before = v.stats.accepted + sum(v.stats.rejected.values())
     checked = v.check(cobs)
-    assert v.accepted + sum(v.rejected.values()) == before + 1
+    assert v.stats.accepted + sum(v.stats.rejected.values()) == before + 1
     if checked and checked[0].kind == frames.DATA:
         through_spool_and_batch(checked)
-    assert set(v.rejected) == set(Verifier.REASONS)
+    assert set(v.stats.rejected) == set(Verifier.REASONS)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -109,7 +109,7 @@ def test_unhashable_kind_is_a_schema_rejection():
     raw = cbor2.dumps([1, [0], NODE, 1, [], b"\0" * 8])
     v = verifier()
     counted(v, frames.cobs_encode(raw + struct.pack("<I", zlib.crc32(raw))))
-    assert v.rejected["schema"] == 1
+    assert v.stats.rejected["schema"] == 1
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -119,7 +119,7 @@ def test_mutated_valid_frames(data):
     wire = bytearray(frames.encode(KEY, frames.DATA, NODE, 7, body)[:-1])
     v = verifier()
     counted(v, bytes(wire))
-    assert v.accepted == 1
+    assert v.stats.accepted == 1
     for _ in range(data.draw(st.integers(1, 6))):
         i = data.draw(st.integers(0, len(wire) - 1))
         wire[i] = data.draw(st.integers(0, 255))
@@ -136,7 +136,7 @@ def test_a_valid_tag_on_a_sequence_past_the_firmwares_is_schema(seq):
     gateway down); the firmware's sequence is a u32. Counted, and nothing reaches the spool."""
     v = verifier()
     counted(v, frames.encode(KEY, frames.DATA, NODE, seq, GOOD)[:-1])
-    assert v.rejected["schema"] == 1 and v.accepted == 0
+    assert v.stats.rejected["schema"] == 1 and v.stats.accepted == 0
 
 
 @pytest.mark.adversarial
@@ -154,7 +154,7 @@ def test_a_valid_tag_on_a_sequence_past_the_firmwares_is_schema(seq):
 def test_a_pack_outside_its_bounds_is_schema(body):
     v = verifier()
     counted(v, frames.encode(KEY, frames.DATA, NODE, 1, body)[:-1])
-    assert v.rejected["schema"] == 1 and v.accepted == 0
+    assert v.stats.rejected["schema"] == 1 and v.stats.accepted == 0
 
 
 @pytest.mark.adversarial
@@ -171,7 +171,7 @@ def test_a_pack_outside_its_bounds_is_schema(body):
 def test_control_frames_outside_their_bounds_are_schema(kind, body):
     v = verifier()
     counted(v, frames.encode(KEY, kind, NODE, 1, body)[:-1])
-    assert v.rejected["schema"] == 1 and v.accepted == 0
+    assert v.stats.rejected["schema"] == 1 and v.stats.accepted == 0
 
 
 def test_frames_inside_the_bounds_are_accepted():
@@ -183,7 +183,7 @@ def test_frames_inside_the_bounds_are_accepted():
              "safe": False}
     counted(v, frames.encode(KEY, frames.HELLO, NODE, 5, hello)[:-1])
     counted(v, frames.encode(KEY, frames.ACK, NODE, 6, 2**32 - 1)[:-1])
-    assert v.accepted == 3, v.rejected
+    assert v.stats.accepted == 3, v.stats.rejected
 
 
 @pytest.mark.adversarial
@@ -218,4 +218,4 @@ def test_the_verifier_bounds_agree_with_the_cddl(kind, seq, body):
     except pycddl.ValidationError:
         cddl_ok = False
     v = verifier()
-    assert (v.check(wire[:-1]) is not None) == cddl_ok, (cddl_ok, v.rejected)
+    assert (v.check(wire[:-1]) is not None) == cddl_ok, (cddl_ok, v.stats.rejected)

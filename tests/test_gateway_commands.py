@@ -64,7 +64,7 @@ def test_resent_until_acked_then_answered_once(monkeypatch):
     assert msg["status"] == "acked" and msg["id"] == "abc" and msg["op"] == "interval"
     assert msg["attempts"] == 2 and msg["seq"] == 11
     r.c.acked("n1", 12)                          # the second send's ack changes nothing
-    assert len(r.replies) == 1 and r.c.acked_total == 1
+    assert len(r.replies) == 1 and r.c.stats.acked == 1
 
 
 def test_waits_for_an_absent_node_and_sends_on_hello(monkeypatch):
@@ -72,7 +72,7 @@ def test_waits_for_an_absent_node_and_sends_on_hello(monkeypatch):
     monkeypatch.setattr(commands.time, "monotonic", lambda: now[0])
     r = Rig(online=False)
     r.c.submit(f"{BASE}/cmd/n2", b'{"op": "reboot"}')
-    assert r.sent == [] and len(r.c.pending) == 1
+    assert r.sent == [] and len(r.c.pending) == 1 == r.c.stats.pending
     r.online = True
     r.c.connected("n2")
     assert r.sent == [("n2", {"op": "reboot"}, 11)]
@@ -88,7 +88,7 @@ def test_bad_requests_are_answered_not_sent():
     assert r.sent == []
     assert [m["status"] for _, m in r.replies] == ["rejected", "rejected"]
     assert "unknown node" in r.replies[0][1]["error"] and r.replies[0][1]["id"] == 1
-    assert r.c.rejected == 2
+    assert r.c.stats.rejected == 2
 
 
 def test_pending_commands_are_bounded(monkeypatch):
@@ -107,7 +107,7 @@ def test_a_retained_command_is_refused_never_sent():
     for _ in range(3):  # the broker hands it out again on each (re)subscribe
         r.c.submit(f"{BASE}/cmd/n1", json.dumps({"op": "reboot", "id": "r9"}).encode(),
                    retain=True)
-    assert r.sent == [] and r.c.pending == [] and r.c.retained == 3
+    assert r.sent == [] and r.c.pending == [] and r.c.stats.retained == 3
     topic, ack = r.replies[0]
     assert topic == f"{BASE}/cmd/n1/ack" and len(r.replies) == 3
     assert ack["status"] == "rejected" and ack["id"] == "r9" and "retained" in ack["error"]

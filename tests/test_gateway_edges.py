@@ -232,16 +232,16 @@ def test_the_committer_survives_an_unexpected_error(tmp_path, monkeypatch):
         return real_store(entries)
     monkeypatch.setattr(gw.spool, "store", store)
     acked = []
-    monkeypatch.setattr(gw, "send", lambda link, node, kind, seq: acked.append(seq))
+    monkeypatch.setattr(gw.commit, "ack", lambda link, frame: acked.append(frame.seq))
     records = [senml.Record("urn:x:q", None, 1, 1795000000.0)]
 
     async def main():
-        committer = asyncio.create_task(gw.committer())
-        await gw.queue.put((None, frames.Frame(frames.DATA, "n1", 1, None), records))
-        await asyncio.wait_for(gw.queue.join(), 10)
-        assert acked == [] and gw.commit_errors == 1
-        await gw.queue.put((None, frames.Frame(frames.DATA, "n1", 2, None), records))
-        await asyncio.wait_for(gw.queue.join(), 10)
+        committer = asyncio.create_task(gw.commit.run())
+        await gw.commit.put(None, frames.Frame(frames.DATA, "n1", 1, None), records)
+        await asyncio.wait_for(gw.commit.queue.join(), 10)
+        assert acked == [] and gw.commit.stats.errors == 1
+        await gw.commit.put(None, frames.Frame(frames.DATA, "n1", 2, None), records)
+        await asyncio.wait_for(gw.commit.queue.join(), 10)
         assert acked == [2] and not committer.done()
         committer.cancel()
 

@@ -43,25 +43,26 @@ def test_serial_hotplug_by_glob(tmp_path):
         async with asyncio.TaskGroup() as tg:
             watcher = tg.create_task(ingest.watch_serial([str(byid / "*")], tg, every=0.05))
             await asyncio.sleep(0.2)
-            assert ingest.stats == {}                       # nothing plugged in yet
+            assert ingest.stats.links == {}                       # nothing plugged in yet
             os.symlink(cable.b, name)                       # plug in
-            await wait_for(lambda: ingest.stats.get(stats_key) and ingest.stats[stats_key].open)
+            await wait_for(lambda: ingest.stats.links.get(stats_key) and
+                            ingest.stats.links[stats_key].open)
             os.write(node_end, frame(1))
             await wait_for(lambda: got)
             assert got == [(stats_key, 1)]
             # the gateway answers on the same device
             await wait_for(lambda: os.read(node_end, 100) == b"ack\x00")
             os.unlink(name)                                 # unplug
-            await wait_for(lambda: ingest.stats[stats_key].open == 0)
+            await wait_for(lambda: ingest.stats.links[stats_key].open == 0)
             os.write(node_end, frame(2))                    # nobody listens now
             await asyncio.sleep(0.3)
             assert len(got) == 1
             os.symlink(cable.b, name)                       # plug in again
-            await wait_for(lambda: ingest.stats[stats_key].open == 1)
+            await wait_for(lambda: ingest.stats.links[stats_key].open == 1)
             os.write(node_end, frame(3))
             await wait_for(lambda: len(got) >= 2)
             watcher.cancel()
-        s = ingest.stats[stats_key]
+        s = ingest.stats.links[stats_key]
         assert got[-1] == (stats_key, 3)
         assert s.sessions == 2 and s.open == 0
         assert s.bytes == len(frame(1)) + len(frame(3))
@@ -99,11 +100,8 @@ def test_tcp_link_memory_is_bounded_and_resyncs_after_garbage():
             return False
         return True
 
-    over = []
-
     async def main():
         ingest = Ingest(handle)
-        ingest.on_overflow = over.append         # the service counts it as a rejection
         started = asyncio.Event()
         server = asyncio.create_task(ingest.serve_tcp("127.0.0.1", 0, started))
         await started.wait()
@@ -122,11 +120,11 @@ def test_tcp_link_memory_is_bounded_and_resyncs_after_garbage():
             await asyncio.sleep(0)
         await sender
         server.cancel()
-        (name, s), = ingest.stats.items()
+        (name, s), = ingest.stats.links.items()
         assert name == "tcp:127.0.0.1"
         assert got == [1, 2]
         assert s.bytes == len(frame(1)) + (1 << 20) + 1 + 9 + len(frame(2))
-        assert s.overflows == 1 and over == [1]      # the long run, dropped once
+        assert s.overflows == 1 == ingest.stats.overflows  # the long run, dropped once
         assert s.frames == 3 and s.rejected == 1     # frame 1, the short garbage, frame 2
         return biggest
 

@@ -69,7 +69,7 @@ async def downlink_sent(gw: Gateway) -> None:
 
 
 async def settle(gw: Gateway) -> None:
-    await asyncio.wait_for(gw.queue.join(), 10)
+    await asyncio.wait_for(gw.commit.queue.join(), 10)
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_a_new_epoch_gets_a_floor_above_the_old_numbers_and_loses_nothing(gw):
     async def scenario():
         await old.history(59)
         await old.send(frames.ACK, 60, 5)  # the old incarnation's last control frame
-        assert gw.stored == 59
+        assert gw.commit.stats.stored == 59
         # re-flashed: its numbers start at 0 again. Before the fix this hello was `replayed`
         # and no floor came, so every frame it sent was acked as a duplicate and thrown away
         assert await new.hello(0)
@@ -102,9 +102,9 @@ def test_a_new_epoch_gets_a_floor_above_the_old_numbers_and_loses_nothing(gw):
         for s in range(61, 91):
             await new.data(s)
         await settle(gw)
-        assert gw.stored == 59 + 30 and gw.duplicates == 0
+        assert gw.commit.stats.stored == 59 + 30 and gw.commit.stats.duplicates == 0
         assert new.acked() >= set(range(61, 91))
-        assert gw.verifier.rejected["replayed"] == 0 and gw.verifier.rejected["stale"] == 0
+        assert gw.verifier.stats.rejected["replayed"] == 0 and gw.commit.stats.stale == 0
     run(gw, scenario)
 
 
@@ -120,23 +120,23 @@ def test_captured_old_frames_and_hellos_lower_nothing(gw):
         for s in range(floor + 1, floor + 10):
             await new.data(s)
         await settle(gw)
-        stored = gw.stored
+        stored = gw.commit.stats.stored
         # the attacker replays the old incarnation's data and hello, and the new one's hello
         for wire in old.wire[1:]:
             await old.replay(wire)
         await settle(gw)
-        assert gw.stored == stored and gw.duplicates == 29  # no old frame taken as new
+        assert gw.commit.stats.stored == stored and gw.commit.stats.duplicates == 29  # no old frame taken as new
         assert await old.replay(old.wire[0])  # an old epoch's hello: answered for that epoch
         assert old.floors()[-1] == {"epoch": 11, "floor": floor + 10}  # not below what it knows
         assert await new.replay(new.wire[0])  # epoch 22 again after 11: answered, floor higher
         assert new.floors()[-1]["floor"] >= floor + 10
         await new.hello(floor + 20)  # a reboot: above its floor
         assert await new.replay(new.wire[-1]) is False  # a floored epoch's hello: `replayed`
-        assert gw.verifier.rejected["replayed"] == 1
+        assert gw.verifier.stats.rejected["replayed"] == 1
         for wire in old.wire[1:]:  # and the old data is still no new data
             await old.replay(wire)
         await settle(gw)
-        assert gw.stored == stored
+        assert gw.commit.stats.stored == stored
     run(gw, scenario)
 
 
@@ -163,7 +163,7 @@ def test_a_hello_without_an_epoch_keeps_the_replay_rule(gw):
     async def scenario():
         assert await n.hello(5)
         assert await n.replay(n.wire[0]) is False
-        assert gw.verifier.rejected["replayed"] == 1 and n.floors() == []
+        assert gw.verifier.stats.rejected["replayed"] == 1 and n.floors() == []
     run(gw, scenario)
 
 
@@ -178,7 +178,7 @@ def test_an_id_whose_numbers_are_spent_gets_no_floor_outside_link_cddl(gw):
         await thief.send(frames.DATA, 2**32 - 1, [{-2: gw.test_base, -3: 1795000000, 0: "x",
                                                     1: "count", 2: 1}])
         await settle(gw)
-        assert gw.stored == 1
+        assert gw.commit.stats.stored == 1
         assert await new.hello(0)
-        assert new.floors() == [] and gw.floors_refused == 1
+        assert new.floors() == [] and gw.verifier.stats.floors_refused == 1
     run(gw, scenario)

@@ -47,23 +47,23 @@ def test_watchdog_stops_when_the_commit_stalls(tmp_path, monkeypatch):
 
     async def main():
         gw = make(tmp_path)
-        gw.pipeline_stall = 0.3
+        gw.verdict.pipeline_stall = 0.3
         release = threading.Event()
         real_store = gw.spool.store
         monkeypatch.setattr(gw.spool, "store", lambda e: (release.wait(10), real_store(e))[1])
-        committer = asyncio.create_task(gw.committer())
-        dog = asyncio.create_task(gw.watchdog(0.05))
+        committer = asyncio.create_task(gw.commit.run())
+        dog = asyncio.create_task(gw.verdict.watchdog(0.05))
         await pinged(5)
         assert gw.health() == (True, "ok")                      # idle is alive
         acked = []
-        monkeypatch.setattr(gw, "send", lambda link, node, kind, seq: acked.append(seq))
+        monkeypatch.setattr(gw.commit, "ack", lambda link, frame: acked.append(frame.seq))
         link = None
         frame = frames.Frame(frames.DATA, "n1", 1, None)
         rec = [type("R", (), {"t": 1.0})()]
-        monkeypatch.setattr("sensorcity.gateway.service.spool_entry",
+        monkeypatch.setattr("sensorcity.gateway.commit.spool_entry",
                             lambda f, r: (f.node, f.seq, 1.0, b"\x80", 0))
-        await gw.queue.put((link, frame, rec))
-        await gw.queue.put((link, frame, rec))  # waits behind the stuck commit
+        await gw.commit.put(link, frame, rec)
+        await gw.commit.put(link, frame, rec)  # waits behind the stuck commit
         await asyncio.sleep(0.5)
         pings()
         await asyncio.sleep(0.5)

@@ -26,7 +26,7 @@ def test_store_dedups_by_node_and_seq_across_reopen(tmp_path):
     sp = Spool(tmp_path)
     assert sp.store([entry("a", 1, 60), entry("a", 2, 120)]) == [DUPLICATE, STORED]
     assert sp.depth() == 3 == len(sp.oldest(10))
-    assert sp.stats()["readings"] == 18
+    assert sp.stats().readings == 18
     sp.release([r[0] for r in sp.oldest(2)])
     assert sp.depth() == 1 == sp.db.execute("SELECT count(*) FROM outbox").fetchone()[0]
 
@@ -64,17 +64,17 @@ def test_overflow_drops_oldest_whole_intervals_and_counts_them(tmp_path):
     for t in range(0, 60 * 4000, 60):  # 4000 intervals x 3 frames x ~400 B: 5 MB > 4 MiB
         sp.store([entry(n, t // 60, t, 400) for n in nodes])
     st = sp.stats()
-    assert st["dropped_intervals"] > 0
-    assert st["dropped_frames"] == 3 * st["dropped_intervals"]
-    assert st["dropped_readings"] == 6 * st["dropped_frames"]
+    assert st.dropped_intervals > 0
+    assert st.dropped_frames == 3 * st.dropped_intervals
+    assert st.dropped_readings == 6 * st.dropped_frames
     db = sp.db
     kept = db.execute("SELECT t, count(*) FROM outbox GROUP BY t ORDER BY t").fetchall()
     # whole intervals: every kept interval has all three nodes; the oldest went, newest stayed
     assert {n for _, n in kept} == {3}
     times = [int(k) for k, _ in kept]
     assert times == list(range(times[0], t + 1, 60))
-    assert st["dropped_intervals"] == times[0] // 60
-    assert st["rows"] == db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3 * len(times)
+    assert st.dropped_intervals == times[0] // 60
+    assert st.rows == db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3 * len(times)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert os.path.getsize(sp.path) <= 4 * 2**20
 
@@ -83,7 +83,7 @@ def test_budget_survives_a_batch_bigger_than_its_reserve(tmp_path):
     sp = Spool(tmp_path, max_mb=4)
     for t in range(0, 60 * 40, 60):  # 200-frame batches of 1 KB: 200 KB each
         assert sp.store([entry(f"n{i}", t, t, 1000) for i in range(200)]) == [STORED] * 200
-    assert sp.stats()["dropped_intervals"] > 0
+    assert sp.stats().dropped_intervals > 0
     assert os.path.getsize(sp.path) <= 4 * 2**20
 
 
@@ -219,7 +219,7 @@ def test_v1_spool_is_migrated(tmp_path):
     db.commit()
     db.close()
     sp = Spool(tmp_path)
-    assert sp.depth() == 1 and sp.stats()["readings"] == 4
+    assert sp.depth() == 1 and sp.stats().readings == 4
     assert sp.store([entry("a", 2, 60), entry("a", 3, 60)], now=200.0) == [DUPLICATE, STORED]
     assert sp.next_downlink_seq("a") == 8
     assert sp.db.execute("SELECT t FROM outbox WHERE seq = 2").fetchone()[0] == 160.0

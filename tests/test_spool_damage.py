@@ -127,8 +127,8 @@ def test_overwritten_pages_come_up_salvaged(tmp_path, layout):
     for k in set(got) - set(rows):
         assert k[0] in {"n0", "n1", "n2", "n3", "n4"} and k[1] < 400, k
     st = sp.stats()
-    assert st["salvaged"] == len(got) and st["rows"] == len(got) and st["damaged"] == 1
-    assert st["lost"] <= len(on_bad_pages)
+    assert st.salvaged == len(got) and st.rows == len(got) and st.damaged == 1
+    assert st.lost <= len(on_bad_pages)
     print(f"{layout} pages {sorted(pages)}: {len(rows)} rows, {len(got)} salvaged, "
           f"{len(rows) - len(set(got) & set(rows))} lost (on those pages: {len(on_bad_pages)})")
     # de-dup: a frame the nodes send again is not stored twice where its `seen` survived
@@ -181,20 +181,20 @@ def test_a_pack_that_no_longer_decodes_is_quarantined_not_fatal(tmp_path):
     records = cbor2.loads(payload)
     assert sorted(r["v"] for r in records) == [0.0, 1.0, 3.0, 4.0] and readings == 4
     assert sp.depth() == 4 and bad not in [r[0] for r in sp.oldest(5)]
-    assert sp.stats()["quarantined"] == 1
+    assert sp.stats().quarantined == 1
     kept = sp.db.execute("SELECT node, seq, pack, reason FROM quarantine").fetchall()
     assert kept == [("a", 2, b"\xff\x00garbage", "pack does not decode")]
     # a batch of nothing but bad rows publishes nothing
     sp.db.execute("UPDATE outbox SET pack = x'a1' WHERE id > 0")
     assert up.batch(sp.oldest(5))[0] is None and sp.depth() == 0
-    assert sp.stats()["quarantined"] == 5
+    assert sp.stats().quarantined == 5
 
 
 def test_salvage_quarantines_undecodable_packs(tmp_path):
     sp = Spool(tmp_path)
     sp.store([("a", i, 60.0 * i, pack("a", i) if i != 3 else b"\x1f", 1) for i in range(8)])
     sp.salvage("test")
-    assert sp.depth() == 7 and sp.stats()["quarantined"] == 1
+    assert sp.depth() == 7 and sp.stats().quarantined == 1
     assert sp.db.execute("SELECT seq FROM quarantine").fetchall() == [(3,)]
 
 

@@ -119,7 +119,7 @@ class GatewayThread:
             self.ready.set()
 
     def link(self, device: str):
-        return self.gw.ingest.stats.get(f"serial:{device}")
+        return self.gw.ingest.stats.links.get(f"serial:{device}")
 
     def wait_open(self, device: str, timeout: float = 10):
         def is_open():
@@ -269,11 +269,11 @@ class Rig:
         wait_until(lambda: self.gateway.link(link).bytes >= len(self.up.after), 10,
                    "the gateway to read the whole line")
         gw = self.gateway.gw
-        rejected = dict(self.gateway.call(lambda: dict(gw.verifier.rejected)))
+        rejected = self.gateway.call(gw.verdict.rejections)
         out = {
-            "accepted": gw.verifier.accepted, "rejected": rejected,
+            "accepted": gw.verifier.stats.accepted, "rejected": rejected,
             "overflows": self.gateway.link(link).overflows,
-            "duplicate_frames": gw.duplicates, "stored": gw.stored,
+            "duplicate_frames": gw.commit.stats.duplicates, "stored": gw.commit.stats.stored,
             "faults_up": dict(self.up.counts), "faults_down": dict(self.down.counts),
             "broker_duplicates": sum(n - 1 for n in self.stats.records.values() if n > 1),
         }

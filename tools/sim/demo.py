@@ -118,10 +118,10 @@ async def run_demo(nodes: int = 3, seconds: float = 30, broker: str | None = Non
                 pass
         if embedded is not None:
             await embedded.shutdown()
-    rejected = sum(gateway.verifier.rejected.values())
+    rejected = sum(gateway.verdict.rejections().values())
     summary = {"nodes": len(bases), "readings": sum(seen.values()),
-               "batches": gateway.uplink.published_batches, "rejected": rejected,
-               "duplicates": gateway.duplicates, "spooled": gateway.spool.depth()}
+               "batches": gateway.uplink.stats.published_batches, "rejected": rejected,
+               "duplicates": gateway.commit.stats.duplicates, "spooled": gateway.spool.depth()}
     print(f"demo: {summary['readings']} readings from {summary['nodes']} nodes in "
           f"{summary['batches']} batches reached the broker; {rejected} frames rejected, "
           f"{summary['duplicates']} duplicates, {summary['spooled']} still spooled", file=out)
