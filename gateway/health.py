@@ -191,6 +191,25 @@ class Page:
         return resp
 
 
+def addressed_to_loopback(host: str) -> bool:
+    """A Host header naming a loopback address or name, with or without its port."""
+    name = host[1:host.find("]")] if host.startswith("[") else \
+        host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+    return is_loopback(name.lower())
+
+
+@web.middleware
+async def _loopback_names_only(request, handler):
+    """A loopback listener answers only requests addressed to it by a loopback name: a page
+    whose name was made to resolve to 127.0.0.1 (DNS rebinding) could otherwise read every
+    answer as its own. A request without Host is no browser's."""
+    host = request.headers.get("Host")
+    if host is not None and not addressed_to_loopback(host):
+        return web.Response(status=421, text="this listener answers requests addressed to "
+                                             "127.0.0.1, [::1] or localhost only\n")
+    return await handler(request)
+
+
 def app(gw, host: str) -> web.Application:
     page = Page(gw, host)
 
@@ -205,7 +224,7 @@ def app(gw, host: str) -> web.Application:
     async def closing(_app):
         page.closing.set()
 
-    a = web.Application()
+    a = web.Application(middlewares=[_loopback_names_only] if page.open else [])
     a.router.add_get("/metrics", metrics)
     a.router.add_get("/healthz", healthz)
     a.router.add_get("/", page.index)

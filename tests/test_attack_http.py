@@ -60,3 +60,39 @@ def test_malformed_http_requests_do_not_write_tracebacks_to_the_log(tmp_path):
         assert "Traceback" not in log and len(log) < 20_000, f"{len(log)} bytes: {log[-800:]}"
     finally:
         gw.stop()
+
+
+def raw_get(port: int, path: str, headers: bytes = b"Host: 127.0.0.1\r\n") -> tuple[int, bytes]:
+    """One request as the bytes given (no client library to tidy its headers), and the status
+    and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\n%sConnection: close\r\n\r\n" % (path.encode(), headers))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+            if b"text/event-stream" in data and b"\ndata: " in data and data.endswith(b"\n"):
+                break   # an event stream's first snapshot is enough
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_dns_rebinding_cannot_read_the_loopback_listener(tmp_path):
+    """A browser on the gateway's machine (the Pi's desktop, a laptop with an ssh tunnel) visits
+    a site whose name then resolves to 127.0.0.1 (DNS rebinding). Its script's requests reach the
+    loopback listener as same-origin requests for that name, so the browser lets it read the
+    answers: the snapshot (node names, links, peers), the metrics, the stream. They carry that
+    name in Host; the listener must answer only requests addressed to a loopback name."""
+    gw = Gateway(tmp_path, NO_BROKER)
+    try:
+        for path in ("/", "/status.json", "/events", "/metrics", "/healthz"):
+            for host in (b"evil.example:%d" % gw.http, b"evil.example", b"192.0.2.7:%d" % gw.http,
+                         b"localhost.evil.example", b"127.0.0.1.evil.example:%d" % gw.http):
+                status, body = raw_get(gw.http, path, b"Host: " + host + b"\r\n")
+                assert status == 421, (path, host, status, body[:200])
+                assert b"gw1" not in body and b"sensorcity_gateway" not in body
+            # the names a person or Prometheus on this machine uses still work
+            for host in (b"127.0.0.1:%d" % gw.http, b"localhost:%d" % gw.http, b"LocalHost",
+                         b"[::1]:%d" % gw.http, b"127.0.0.2", b"gw.localhost:%d" % gw.http):
+                assert raw_get(gw.http, path, b"Host: " + host + b"\r\n")[0] == 200, (path, host)
+    finally:
+        gw.stop()
