@@ -141,7 +141,8 @@ class Page:
                                                  "loopback and no page_token is configured\n")
         auth = request.headers.get("Authorization", "")
         given = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
-        if hmac.compare_digest(given.encode(), self.token.encode()):
+        # bytes that are not UTF-8 come as surrogates: compare the bytes as sent
+        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode()):
             return None
         return web.Response(status=401, text="the status page needs its token\n",
                             headers={"WWW-Authenticate": 'Bearer realm="sensorcity"'})
