@@ -39,6 +39,7 @@ log = logging.getLogger("sensorcity.gateway.health")
 PAGE = Path(__file__).with_name("page.html")
 EVERY = 1.0          # seconds between two snapshots on the event stream
 STREAMS_MAX = 16     # event streams open at once (a phone or two, a laptop): bounded memory
+VIEWER_TIMEOUT = 15.0  # seconds a snapshot may wait for its viewer to read, then it is hung up
 SHUTDOWN = 1.0       # seconds a stop waits for open requests
 HTTP_MAX = 32        # HTTP connections at once: well inside the descriptors the TCP links leave
 HEAD_TIMEOUT = 5.0   # seconds for a request head to arrive, and for an idle keep-alive
@@ -180,7 +181,15 @@ class Page:
             await resp.prepare(request)
             await resp.write(b"retry: 2000\n\n")
             while not self.closing.is_set():
-                await resp.write(b"data: " + await self.current() + b"\n\n")
+                event = b"data: " + await self.current() + b"\n\n"
+                try:
+                    await asyncio.wait_for(resp.write(event), VIEWER_TIMEOUT)
+                except asyncio.TimeoutError:
+                    # a viewer that reads nothing (gone out of reach, or never meant to) would
+                    # hold its slot as long as its TCP lives; its EventSource comes back if it can
+                    if request.transport is not None:
+                        request.transport.abort()
+                    break
                 try:
                     await asyncio.wait_for(self.closing.wait(), EVERY)
                 except asyncio.TimeoutError:

@@ -96,3 +96,29 @@ def test_dns_rebinding_cannot_read_the_loopback_listener(tmp_path):
                 assert raw_get(gw.http, path, b"Host: " + host + b"\r\n")[0] == 200, (path, host)
     finally:
         gw.stop()
+
+
+def test_viewers_that_stop_reading_do_not_keep_the_page_from_others(tmp_path):
+    """The event streams' cap (16) taken by clients that send a request and then never read (a
+    phone gone out of reach, a hostile user on the machine): once the socket buffers are full a
+    stream's writes wait for ever (a peer that does not read keeps its TCP connection alive), so
+    the slots stay taken and every other viewer gets 503 for good. A stream whose viewer takes
+    nothing for a while must be hung up. A site of 200 nodes: the snapshots are large."""
+    gw = Gateway(tmp_path, NO_BROKER, nodes=[f"n{i}" for i in range(200)])
+    held = []
+    try:
+        for _ in range(16):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", gw.http))
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            held.append(s)
+        wait_until(lambda: raw_get(gw.http, "/events")[0] == 503, 15, "the streams' cap taken")
+        wait_until(lambda: raw_get(gw.http, "/events")[0] == 200, 90,
+                   "a stream for a viewer that reads, beside 16 that do not")
+        assert gw.get("/healthz")[0] == 200
+        assert "Traceback" not in gw.output(), gw.output()[-2000:]
+    finally:
+        for s in held:
+            s.close()
+        gw.stop()
