@@ -103,3 +103,33 @@ def test_the_page_comes_back_after_a_refused_stream_and_a_restart(tmp_path):
         gw.stop()
         if second is not None:
             second.stop()
+
+
+def test_the_page_fits_a_small_phone_whatever_the_strings(tmp_path):
+    """A 320 px wide phone (the narrowest still about), and the longest strings the outside
+    can put on the page: a forged frame's claimed node name (64 characters, no space), a
+    firmware version (32), a quantity (32) and a unit (16). Nothing may need a sideways scroll."""
+    gw = Gateway(tmp_path, NO_BROKER, gateway_id="gw-narrow-" + "x" * 20)
+    driver = None
+    try:
+        node = gw.node()
+        node.send(1, kind=frames.HELLO, value={"fw": "v" * 32, "boot": 1, "interval": 60,
+                                               "kind": "energy", "bn": "urn:dev:ops:n1:"})
+        node.sock.sendall(frames.encode(node.key, frames.DATA, "n1", 2, [
+            {-2: "urn:dev:ops:n1:", -3: int(time.time()), 0: "q" * 32, 1: "u" * 16, 2: 5}]))
+        wait_until(lambda: {1, 2} <= node.acked, 15, "the hello and the data frame acked")
+        with socket.create_connection(("127.0.0.1", gw.tcp), timeout=5) as s:
+            s.sendall(frames.encode(bytes(32), frames.DATA, "N" * 64, 7, []))
+            driver = browser()
+            driver.set_window_size(320, 800)
+            driver.get(f"http://127.0.0.1:{gw.http}/")
+            wait_until(lambda: shown(driver, "#rejections li") and
+                       shown(driver, "section.node .readings"), 30, "the page's snapshot")
+        width = driver.execute_script("return [document.documentElement.scrollWidth, "
+                                      "document.documentElement.clientWidth, innerWidth]")
+        driver.save_screenshot(str(tmp_path / "page-320.png"))
+        assert width[2] <= 320 and width[0] <= width[1], width
+    finally:
+        if driver is not None:
+            driver.quit()
+        gw.stop()
