@@ -25,6 +25,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -43,6 +44,7 @@ VIEWER_TIMEOUT = 15.0  # seconds a snapshot may wait for its viewer to read, the
 SHUTDOWN = 1.0       # seconds a stop waits for open requests
 HTTP_MAX = 32        # HTTP connections at once: well inside the descriptors the TCP links leave
 HEAD_TIMEOUT = 5.0   # seconds for a request head to arrive, and for an idle keep-alive
+SEND_BUFFER = 64 * 1024  # a connection's kernel send buffer (Linux doubles it): not 4 MiB each
 LOG_EVERY = 60.0     # seconds between two log lines about malformed requests
 
 
@@ -103,6 +105,8 @@ class _BoundedSite(web.TCPSite):
             factory, self._host, self._port, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         socks = self._server.sockets
+        for sock in socks:  # an accepted connection takes its listener's buffer size
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._bound_port = socks[0].getsockname()[1] if socks else self._port
 
 

@@ -2,8 +2,11 @@
 `sensorcity gateway run`: whoever reaches the listener must not take descriptors the data path
 needs (docs/gateway.md, "TCP links": 96 kept for the spool, serial, HTTP clients, MQTT)."""
 
+import re
 import resource
 import socket
+import subprocess
+import time
 
 import pytest
 
@@ -118,6 +121,43 @@ def test_viewers_that_stop_reading_do_not_keep_the_page_from_others(tmp_path):
                    "a stream for a viewer that reads, beside 16 that do not")
         assert gw.get("/healthz")[0] == 200
         assert "Traceback" not in gw.output(), gw.output()[-2000:]
+    finally:
+        for s in held:
+            s.close()
+        gw.stop()
+
+
+def unsent(port: int) -> list[int]:
+    """Bytes queued and not yet acked on each established socket of the listener on `port`
+    (`ss -m`: skmem w, the kernel's write queue)."""
+    out = subprocess.run(["ss", "-tnmH", "state", "established", f"sport = :{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(m) for m in re.findall(r"skmem:\([^)]*\bw(\d+)", out)]
+
+
+def test_viewers_that_stop_reading_hold_little_kernel_memory(tmp_path):
+    """Streams whose clients never read fill the kernel's send buffer before they are hung up;
+    Linux grows a socket's buffer up to tcp_wmem's maximum (4 MiB here) for a peer that does not
+    read: 16 such streams, 64 MiB of the gateway's memory (the unit's MemoryMax counts socket
+    buffers). The node links' sockets keep 32 KiB; the listener's must be bounded too."""
+    gw = Gateway(tmp_path, NO_BROKER, nodes=[f"n{i}" for i in range(200)])
+    held, most = [], 0
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", gw.http))
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            held.append(s)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:   # until the gateway hangs them up
+            queued = unsent(gw.http)
+            if not queued:
+                break
+            most = max(most, *queued)
+            time.sleep(0.5)
+        assert not unsent(gw.http), "the streams were not hung up"
+        assert most <= 512 * 1024, f"{most} bytes unsent on one stream's socket"
     finally:
         for s in held:
             s.close()
