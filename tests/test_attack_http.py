@@ -101,6 +101,18 @@ def test_dns_rebinding_cannot_read_the_loopback_listener(tmp_path):
         gw.stop()
 
 
+def deaf_streams(port: int, n: int) -> list[socket.socket]:
+    """`n` clients that ask for the event stream and never read it (a small receive window)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        socks.append(s)
+    return socks
+
+
 def test_viewers_that_stop_reading_do_not_keep_the_page_from_others(tmp_path):
     """The event streams' cap (16) taken by clients that send a request and then never read (a
     phone gone out of reach, a hostile user on the machine): once the socket buffers are full a
@@ -110,12 +122,7 @@ def test_viewers_that_stop_reading_do_not_keep_the_page_from_others(tmp_path):
     gw = Gateway(tmp_path, NO_BROKER, nodes=[f"n{i}" for i in range(200)])
     held = []
     try:
-        for _ in range(16):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", gw.http))
-            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            held.append(s)
+        held += deaf_streams(gw.http, 16)
         wait_until(lambda: raw_get(gw.http, "/events")[0] == 503, 15, "the streams' cap taken")
         wait_until(lambda: raw_get(gw.http, "/events")[0] == 200, 90,
                    "a stream for a viewer that reads, beside 16 that do not")
@@ -143,12 +150,7 @@ def test_viewers_that_stop_reading_hold_little_kernel_memory(tmp_path):
     gw = Gateway(tmp_path, NO_BROKER, nodes=[f"n{i}" for i in range(200)])
     held, most = [], 0
     try:
-        for _ in range(4):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", gw.http))
-            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            held.append(s)
+        held += deaf_streams(gw.http, 4)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:   # until the gateway hangs them up
             queued = unsent(gw.http)
