@@ -177,9 +177,11 @@ class Page:
             return refused
         if self.streams >= STREAMS_MAX:
             return web.Response(status=503, text=f"{STREAMS_MAX} event streams are open\n")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-store",
-                                           "X-Accel-Buffering": "no"})
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                   "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # no body goes out: a stream would never end
+            return web.Response(headers=headers)
+        resp = web.StreamResponse(headers=headers)
         self.streams += 1
         try:
             await resp.prepare(request)

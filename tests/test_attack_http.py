@@ -164,3 +164,23 @@ def test_viewers_that_stop_reading_hold_little_kernel_memory(tmp_path):
         for s in held:
             s.close()
         gw.stop()
+
+
+def test_head_requests_for_the_stream_take_no_slot(tmp_path):
+    """HEAD /events answered as a stream: its writes go nowhere, so nothing ever waits on the
+    client, and 16 connections that sent it and stay open hold every stream slot for as long as
+    they like, at no cost to whoever holds them: 503 for every viewer. A HEAD gets the headers,
+    and is done."""
+    gw = Gateway(tmp_path, NO_BROKER)
+    held = []
+    try:
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", gw.http), timeout=10)
+            s.sendall(b"HEAD /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            held.append(s)
+        assert raw_get(gw.http, "/events")[0] == 200
+    finally:
+        for s in held:
+            s.close()
+        gw.stop()
