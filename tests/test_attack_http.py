@@ -2,6 +2,7 @@
 `sensorcity gateway run`: whoever reaches the listener must not take descriptors the data path
 needs (docs/gateway.md, "TCP links": 96 kept for the spool, serial, HTTP clients, MQTT)."""
 
+import json
 import re
 import resource
 import socket
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from rigs.gateway import Gateway, wait_until
+from sensorcity.protocol import frames
 
 pytestmark = pytest.mark.adversarial
 NO_BROKER = ["mqtt://127.0.0.1:9"]
@@ -183,4 +185,29 @@ def test_head_requests_for_the_stream_take_no_slot(tmp_path):
     finally:
         for s in held:
             s.close()
+        gw.stop()
+
+
+def test_forged_node_names_do_not_grow_the_page_or_the_metrics(tmp_path):
+    """Thousands of forged frames, each claiming another node name (64 characters, the longest
+    the page keeps, and longer): the snapshot keeps one row per registered node and the last 10
+    rejections, the metrics count by reason and link, so neither grows with the names."""
+    gw = Gateway(tmp_path, NO_BROKER)
+    try:
+        sizes = []
+        for round_ in range(2):
+            with socket.create_connection(("127.0.0.1", gw.tcp), timeout=10) as s:
+                for i in range(1500):
+                    name = f"forged-{round_}-{i:05d}-" + "x" * 100
+                    s.sendall(frames.encode(bytes(32), frames.DATA, name[:32 + i % 80], 1, []))
+                wait_until(lambda: json.loads(gw.get("/status.json")[1])["rejections"]["total"]
+                           >= 1500 * (round_ + 1), 30, "the forged frames counted")
+            sizes.append((len(gw.get("/status.json")[1]), len(gw.get("/metrics")[1])))
+        snap = json.loads(gw.get("/status.json")[1])
+        assert [n["node"] for n in snap["nodes"]] == ["n1"]
+        assert len(snap["rejections"]["recent"]) == 10
+        assert all(len(r["node"]) <= 64 for r in snap["rejections"]["recent"])
+        assert all(abs(b - a) < 200 for a, b in zip(*sizes)), sizes  # counts change, not rows
+        assert "forged-" not in gw.get("/metrics")[1]
+    finally:
         gw.stop()
