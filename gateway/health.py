@@ -14,7 +14,12 @@ once (more are accepted and hung up at once, counted), and a connection that has
 whole request head within HEAD_TIMEOUT seconds, or sits idle between requests that long, is
 closed (aiohttp's keep-alive timer, which also runs before the first request). Requests its
 parser refuses are answered 400 and counted; the log gets one line per LOG_EVERY seconds
-about them, never a traceback each."""
+about them, never a traceback each. A connection's kernel send buffer is SEND_BUFFER, and an
+event stream whose viewer has not taken a snapshot in VIEWER_TIMEOUT seconds is hung up, so a
+client that never reads holds little memory, and its slot only for a while.
+
+A loopback listener answers only requests addressed to a loopback name (Host), else 421: a
+site whose name resolves to 127.0.0.1 (DNS rebinding) must not read it from a local browser."""
 
 from __future__ import annotations
 
@@ -207,10 +212,14 @@ class Page:
         return resp
 
 
-def addressed_to_loopback(host: str) -> bool:
+def _addressed_to_loopback(host: str) -> bool:
     """A Host header naming a loopback address or name, with or without its port."""
-    name = host[1:host.find("]")] if host.startswith("[") else \
-        host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+    if host.startswith("["):                  # [::1]:9108
+        name = host[1:].partition("]")[0]
+    else:
+        name, _, port = host.rpartition(":")
+        if not port.isdigit():
+            name = host
     return is_loopback(name.lower())
 
 
@@ -220,7 +229,7 @@ async def _loopback_names_only(request, handler):
     whose name was made to resolve to 127.0.0.1 (DNS rebinding) could otherwise read every
     answer as its own. A request without Host is no browser's."""
     host = request.headers.get("Host")
-    if host is not None and not addressed_to_loopback(host):
+    if host is not None and not _addressed_to_loopback(host):
         return web.Response(status=421, text="this listener answers requests addressed to "
                                              "127.0.0.1, [::1] or localhost only\n")
     return await handler(request)
