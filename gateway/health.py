@@ -14,7 +14,12 @@ once (more are accepted and hung up at once, counted), and a connection that has
 whole request head within HEAD_TIMEOUT seconds, or sits idle between requests that long, is
 closed (aiohttp's keep-alive timer, which also runs before the first request). Requests its
 parser refuses are answered 400 and counted; the log gets one line per LOG_EVERY seconds
-about them, never a traceback each."""
+about them, never a traceback each. A connection's kernel send buffer is SEND_BUFFER, and an
+event stream whose viewer has not taken a snapshot in VIEWER_TIMEOUT seconds is hung up, so a
+client that never reads holds little memory, and its slot only for a while.
+
+A loopback listener answers only requests addressed to a loopback name (Host), else 421: a
+site whose name resolves to 127.0.0.1 (DNS rebinding) must not read it from a local browser."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -39,9 +45,11 @@ log = logging.getLogger("sensorcity.gateway.health")
 PAGE = Path(__file__).with_name("page.html")
 EVERY = 1.0          # seconds between two snapshots on the event stream
 STREAMS_MAX = 16     # event streams open at once (a phone or two, a laptop): bounded memory
+VIEWER_TIMEOUT = 15.0  # seconds a snapshot may wait for its viewer to read, then it is hung up
 SHUTDOWN = 1.0       # seconds a stop waits for open requests
 HTTP_MAX = 32        # HTTP connections at once: well inside the descriptors the TCP links leave
 HEAD_TIMEOUT = 5.0   # seconds for a request head to arrive, and for an idle keep-alive
+SEND_BUFFER = 64 * 1024  # a connection's kernel send buffer (Linux doubles it): not 4 MiB each
 LOG_EVERY = 60.0     # seconds between two log lines about malformed requests
 
 
@@ -102,6 +110,8 @@ class _BoundedSite(web.TCPSite):
             factory, self._host, self._port, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         socks = self._server.sockets
+        for sock in socks:  # an accepted connection takes its listener's buffer size
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._bound_port = socks[0].getsockname()[1] if socks else self._port
 
 
@@ -141,7 +151,8 @@ class Page:
                                                  "loopback and no page_token is configured\n")
         auth = request.headers.get("Authorization", "")
         given = auth[7:] if auth.startswith("Bearer ") else request.query.get("token", "")
-        if hmac.compare_digest(given.encode(), self.token.encode()):
+        # bytes that are not UTF-8 come as surrogates: compare the bytes as sent
+        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode()):
             return None
         return web.Response(status=401, text="the status page needs its token\n",
                             headers={"WWW-Authenticate": 'Bearer realm="sensorcity"'})
@@ -171,15 +182,25 @@ class Page:
             return refused
         if self.streams >= STREAMS_MAX:
             return web.Response(status=503, text=f"{STREAMS_MAX} event streams are open\n")
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-store",
-                                           "X-Accel-Buffering": "no"})
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-store",
+                   "X-Accel-Buffering": "no"}
+        if request.method == "HEAD":  # no body goes out: a stream would never end
+            return web.Response(headers=headers)
+        resp = web.StreamResponse(headers=headers)
         self.streams += 1
         try:
             await resp.prepare(request)
             await resp.write(b"retry: 2000\n\n")
             while not self.closing.is_set():
-                await resp.write(b"data: " + await self.current() + b"\n\n")
+                event = b"data: " + await self.current() + b"\n\n"
+                try:
+                    await asyncio.wait_for(resp.write(event), VIEWER_TIMEOUT)
+                except asyncio.TimeoutError:
+                    # a viewer that reads nothing (gone out of reach, or never meant to) would
+                    # hold its slot as long as its TCP lives; its EventSource comes back if it can
+                    if request.transport is not None:
+                        request.transport.abort()
+                    break
                 try:
                     await asyncio.wait_for(self.closing.wait(), EVERY)
                 except asyncio.TimeoutError:
@@ -189,6 +210,29 @@ class Page:
         finally:
             self.streams -= 1
         return resp
+
+
+def _addressed_to_loopback(host: str) -> bool:
+    """A Host header naming a loopback address or name, with or without its port."""
+    if host.startswith("["):                  # [::1]:9108
+        name = host[1:].partition("]")[0]
+    else:
+        name, _, port = host.rpartition(":")
+        if not port.isdigit():
+            name = host
+    return is_loopback(name.lower())
+
+
+@web.middleware
+async def _loopback_names_only(request, handler):
+    """A loopback listener answers only requests addressed to it by a loopback name: a page
+    whose name was made to resolve to 127.0.0.1 (DNS rebinding) could otherwise read every
+    answer as its own. A request without Host is no browser's."""
+    host = request.headers.get("Host")
+    if host is not None and not _addressed_to_loopback(host):
+        return web.Response(status=421, text="this listener answers requests addressed to "
+                                             "127.0.0.1, [::1] or localhost only\n")
+    return await handler(request)
 
 
 def app(gw, host: str) -> web.Application:
@@ -205,7 +249,7 @@ def app(gw, host: str) -> web.Application:
     async def closing(_app):
         page.closing.set()
 
-    a = web.Application()
+    a = web.Application(middlewares=[_loopback_names_only] if page.open else [])
     a.router.add_get("/metrics", metrics)
     a.router.add_get("/healthz", healthz)
     a.router.add_get("/", page.index)

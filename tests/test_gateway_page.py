@@ -5,6 +5,7 @@ aiohttp app, and no secret in the page, its snapshot or its event stream."""
 import asyncio
 import base64
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -228,3 +229,30 @@ def test_snapshot_has_the_spool_the_uplink_and_pending_commands(tmp_path):
         json.dumps(snap, allow_nan=False)
         gw.spool.close()
     asyncio.run(main())
+
+
+@pytest.mark.adversarial
+def test_a_token_of_any_bytes_is_refused_not_a_crash(tmp_path, caplog):
+    """Anyone who reaches a listener off loopback sends Authorization: Bearer with bytes that
+    are not UTF-8 (aiohttp hands them on as surrogates): the comparison must refuse them (401)
+    like any wrong token, not fail with a 500 and a traceback in the log for each request."""
+    async def main():
+        gw = gateway(tmp_path, page_token=TOKEN)
+        server, http = await _serve(gw, "192.0.2.7")
+        try:
+            for auth in (b"Bearer \xff\xfe", b"Bearer " + TOKEN.encode()[:-1] + b"\xe9",
+                         b"Bearer \xc3\xa9" + TOKEN.encode()[2:], b"\xff" + TOKEN.encode()):
+                r, w = await asyncio.open_connection("127.0.0.1", server.port)
+                w.write(b"GET /status.json HTTP/1.1\r\nHost: gw\r\nAuthorization: %s\r\n"
+                        b"Connection: close\r\n\r\n" % auth)
+                answer = await asyncio.wait_for(r.read(), 10)
+                w.close()
+                assert answer.startswith(b"HTTP/1.1 401"), (auth, answer[:200])
+            for query in ("%FF%FE", "%ED%A0%80", TOKEN[:-1] + "%E9", "%00" + TOKEN):
+                assert (await _get(http, "/status.json?token=" + query))[0] == 401, query
+        finally:
+            await http.close()
+            await server.close()
+            gw.spool.close()
+    asyncio.run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text[-2000:]
