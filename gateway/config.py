@@ -57,7 +57,8 @@ def read_password(path: str) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    """localhost or a loopback address. Not *.localhost: a resolver may send those to DNS."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

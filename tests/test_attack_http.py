@@ -91,13 +91,14 @@ def test_dns_rebinding_cannot_read_the_loopback_listener(tmp_path):
     try:
         for path in ("/", "/status.json", "/events", "/metrics", "/healthz"):
             for host in (b"evil.example:%d" % gw.http, b"evil.example", b"192.0.2.7:%d" % gw.http,
-                         b"localhost.evil.example", b"127.0.0.1.evil.example:%d" % gw.http):
+                         b"localhost.evil.example", b"127.0.0.1.evil.example:%d" % gw.http,
+                         b"gw.localhost:%d" % gw.http):
                 status, body = raw_get(gw.http, path, b"Host: " + host + b"\r\n")
                 assert status == 421, (path, host, status, body[:200])
                 assert b"gw1" not in body and b"sensorcity_gateway" not in body
             # the names a person or Prometheus on this machine uses still work
             for host in (b"127.0.0.1:%d" % gw.http, b"localhost:%d" % gw.http, b"LocalHost",
-                         b"[::1]:%d" % gw.http, b"127.0.0.2", b"gw.localhost:%d" % gw.http):
+                         b"[::1]:%d" % gw.http, b"127.0.0.2"):
                 assert raw_get(gw.http, path, b"Host: " + host + b"\r\n")[0] == 200, (path, host)
     finally:
         gw.stop()

@@ -30,6 +30,16 @@ def test_broker_tls_policy():
     assert Broker.parse("mqtts://u:p@h:1").username == "u"
 
 
+@pytest.mark.adversarial
+def test_a_name_under_localhost_is_not_taken_for_loopback():
+    # this machine's resolver sends *.localhost to DNS (nsswitch "files dns"), so such a name
+    # can lead anywhere: plain MQTT to it, or a page without a token on it, would leave the host
+    with pytest.raises(FatalError, match="not loopback"):
+        Broker.parse("mqtt://broker.localhost:1883")
+    assert not config.is_loopback("gw.localhost")
+    assert config.is_loopback("localhost") and config.is_loopback("127.0.0.2")
+
+
 def write(tmp_path, text):
     p = tmp_path / "gw.toml"
     p.write_text(text)
