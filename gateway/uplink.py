@@ -127,6 +127,12 @@ class UplinkStats:
     replayed_batches: int = 0            # acked batches re-sent after a lost connection
     replies_dropped: int = 0
     replies_refused: int = 0
+    # why the uplink last failed, for the operator (the broker's words, no credentials), and when
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def failed(self, why: str) -> None:
+        self.last_error, self.last_error_at = why[:200], time.time()
 
 
 class Uplink:
@@ -195,6 +201,7 @@ class Uplink:
                     await self._until_lost(self._session(client))
             except aiomqtt.MqttError as exc:
                 self.stats.failures += 1
+                self.stats.failed(f"{broker.host}:{broker.port}: {exc}")
                 log.warning("broker %s:%d: %s", broker.host, broker.port, exc)
             finally:
                 self.stats.connected = False
@@ -394,6 +401,7 @@ class Uplink:
             key = (f"{exc.reason.value:#04x}", str(exc.reason))
             refused = self.stats.refused
             refused[key] = refused.get(key, 0) + 1
+            self.stats.failed(f"batch refused: {exc.reason} ({key[0]})")
             log.warning("batch %s (%d readings) %s; kept in the spool, retried after a backoff",
                         batch_id, readings, exc)
             return False

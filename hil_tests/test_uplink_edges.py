@@ -57,6 +57,8 @@ def test_a_refused_puback_keeps_the_rows_until_the_broker_accepts(tmp_path):
         wait_until(lambda: metric(gw, refused) >= 2, 20, "two refusals counted")
         assert values(sub) == [] and Spool(gw.spool).depth() == 20
         assert "Not authorized" in gw.output() and "kept in the spool" in gw.output()
+        # the operator's page says why
+        assert "Not authorized" in json.loads(gw.get("/status.json")[1])["uplink"]["last_error"]
         acl.write_text(acl.read_text() + "topic write sensorcity/v1/gw1/batch\n")
         broker.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: len(values(sub)) >= 20, 60, "the 20 readings after the ACL is fixed")
@@ -245,6 +247,9 @@ def test_the_password_comes_from_a_file_or_a_credential_and_is_never_printed(tmp
     try:
         wait_until(lambda: "broker 127.0.0.1" in gw.output(), 15, "the refusal logged")
         assert metric(gw, "sensorcity_gateway_uplink_connected") == 0
+        page = gw.get("/status.json")[1]
+        assert f"127.0.0.1:{broker.port}: " in json.loads(page)["uplink"]["last_error"], page
+        assert secret not in page
     finally:
         gw.stop()
     assert secret not in gw.output()
