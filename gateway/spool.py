@@ -438,11 +438,19 @@ class Spool:
     # --- uplink side -----------------------------------------------------------------------
     @_guarded
     def oldest(self, limit: int, after: int = 0) -> list[Row]:
-        """The first `limit` outbox rows with an id above `after`, in id (arrival) order."""
+        """The first `limit` outbox rows with an id above `after`, in id (arrival) order. A row
+        whose pack, time or count is not of its column's type (one bit of a record's header
+        turns a BLOB into TEXT, SQLite checks none on a read) is quarantined, not returned."""
         with self.lock:
-            return [Row(*r) for r in self.db.execute(
+            rows = [Row(*r) for r in self.db.execute(
                 "SELECT id, node, seq, received, pack, readings FROM outbox WHERE id > ? "
                 "ORDER BY id LIMIT ?", (after, limit))]
+            bad = [r.id for r in rows if type(r.pack) is not bytes or type(r.readings) is not int
+                   or type(r.received) not in (int, float)]
+            if bad:
+                self.quarantine(bad, "a column of the wrong type")
+                rows = [r for r in rows if r.id not in bad]
+            return rows
 
     @_guarded
     def newest_id(self) -> int:
