@@ -98,3 +98,52 @@ def test_a_row_whose_other_column_changed_type_is_quarantined(tmp_path, column):
     assert db.execute(f"SELECT typeof({column}) FROM outbox WHERE seq = 2").fetchone() == ("text",)
     db.close()
     check_delivered(tmp_path, {1, 3, 4}, {2})
+
+
+def record(seq: int, extra: dict | None = None, **change) -> dict:
+    """The record rigs.gateway.pack sends, as verify stores it (bn, bt, n, u, v), changed."""
+    rec = {-2: BASE, -3: 1_700_000_000 + 60 * seq, 0: "power_import", 1: "W", 2: seq}
+    for label, value in {**change, **(extra or {})}.items():
+        label = {"bn": -2, "bt": -3, "n": 0, "u": 1, "v": 2}.get(label, label)
+        if value is None:
+            del rec[label]
+        else:
+            rec[label] = value
+    return rec
+
+
+def test_a_pack_well_formed_but_not_as_verify_stores_it_is_quarantined(tmp_path):
+    """Packs a damaged page can hold that are well-formed CBOR but not the records verify
+    encodes (link.cddl's senml-record: bn, bt, n, u, v, t; n and v in each; bn and bt in a pack's
+    first): the scan took any map of integer or text labels to numbers, text or bytes, so the
+    city got records that are not SenML (RFC 8428), or another row's base name (a first record
+    without bn inherits the previous row's in a batch). Those already refused (indefinite
+    lengths, a length past the end, nesting, tags, text not UTF-8) are in the list too; a
+    float16 value is SenML and goes."""
+    one = lambda seq, extra=None, **kw: cbor2.dumps([record(seq, extra, **kw)])  # noqa: E731
+    stored = cbor2.dumps([record(3)])
+    damage = {
+        3: stored.replace(b"\x6cpower_import", b"\x4cpower_import"),  # n: text -> bytes
+        4: one(4, v="4"),                            # a text value
+        5: one(5, v=None),                           # no value
+        6: one(6, bn=None, u=BASE),                  # bn's label flipped to u's (0x21 -> 0x01)
+        7: stored.replace(b"\x01\x61W", b"\x00\x61W"),  # a label twice (n)
+        8: one(8, {100: 1}),                       # a label link.cddl has not
+        9: one(9, {"pad": b"x"}),                         # a text label
+        10: one(10, v=float("inf")),                 # f97c00: float16 infinity
+        11: one(11, v=-2**64),                       # 3b ff..ff: past any double's integers
+        12: one(12, n=7),                            # a number for a name
+        13: one(13, bt=None),                        # no base time
+        14: one(14, v=2**70),                        # a bignum (tag 2)
+        15: b"\x9f" + stored[1:] + b"\xff",          # an indefinite array
+        16: stored[:-3],                             # truncated
+        17: b"\x81\xa1\x00\x7b" + b"\xff" * 8,       # a text length past the end
+        18: b"\x81\xa1\x00" + b"\xa1\x00" * 500 + b"\x01",  # nested maps
+        19: stored.replace(b"\x61W", b"\x61\xff"),   # text not UTF-8
+        20: cbor2.dumps([record(20) | {2: 20}]).replace(b"\x02\x14", b"\x02\xf9\x4d\x00"),
+    }
+    db = spool_of(tmp_path, range(1, 22))
+    for seq, pack in damage.items():
+        db.execute("UPDATE outbox SET pack = ? WHERE seq = ?", (pack, seq))
+    db.close()
+    check_delivered(tmp_path, {1, 2, 20, 21}, set(damage) - {20})
