@@ -46,6 +46,9 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STABLE = 10.0          # a connection that lasted this long resets the backoff
 REPLIES_MAX = 1000
 REPLAY_MAX = 20000     # frames kept for a replay at most (their packs: ~10 MB at most)
+# a batch's PUBLISH beyond its payload, its topic and the gateway id in batch_id, at most: fixed
+# header 5, topic length 2, packet id 2, properties 4 + content type 25 + batch_id 13 + 42 digits
+PUBLISH_OVERHEAD = 100
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext:
@@ -76,6 +79,12 @@ class Client(aiomqtt.Client):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future] = {}
+        self.max_packet: int | None = None  # the CONNACK's Maximum Packet Size (MQTT 5)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        # a PUBLISH over the broker's maximum is a protocol error: it drops the connection
+        self.max_packet = getattr(properties, "MaximumPacketSize", None)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         ack = self._acks.pop(mid, None)
@@ -158,6 +167,7 @@ class Uplink:
         self.recent: collections.deque = collections.deque()  # (monotonic, payload, id, frames)
         self.recent_frames = 0
         self._refusal_backoff = BACKOFF_MIN
+        self.overhead = PUBLISH_OVERHEAD + len(self.topic.encode()) + len(self.gateway_id.encode())
 
     def _client(self, broker: Broker) -> Client:
         v5 = self.version == aiomqtt.ProtocolVersion.V5
@@ -239,6 +249,10 @@ class Uplink:
                  self.broker.host, self.broker.port, len(self.recent), self.recent_frames,
                  self.cfg.replay_window)
         for _, payload, batch_id, _ in list(self.recent):
+            if client.max_packet and len(payload) + self.overhead > client.max_packet:
+                log.warning("replay of batch %s: %d bytes, over this broker's maximum packet "
+                            "size %d; not sent", batch_id, len(payload), client.max_packet)
+                continue
             try:
                 await client.publish_checked(self.topic, payload,
                                              properties=self._props(batch_id))
@@ -381,8 +395,22 @@ class Uplink:
             return oldest, []
         return backlog, self.spool.oldest(self.batch_max, after=self._mark)
 
+    def fit(self, client: Client, rows: list) -> list:
+        """The first rows whose batch fits the broker's Maximum Packet Size (at least one: a
+        frame is at most 1024 bytes, so only an absurd limit refuses one; that connection
+        drops and the next broker of the list is tried). The rest go in the next round."""
+        if not client.max_packet or len(rows) < 2:
+            return rows
+        room = client.max_packet - self.overhead - 9  # 9: the largest array head
+        for n, row in enumerate(rows):
+            room -= len(row.pack)  # a pack's own array head more than its records' bytes
+            if room < 0:
+                return rows[:max(n, 1)]
+        return rows
+
     async def _publish(self, client: Client, rows) -> bool:
         """True when the broker took the batch (and its rows are released)."""
+        rows = self.fit(client, rows)
         # a scan of every row's bytes (and, rarely, a quarantine): in a worker thread
         payload, batch_id, readings = await asyncio.to_thread(self.batch, rows)
         if payload is None:

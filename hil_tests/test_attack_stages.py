@@ -62,7 +62,7 @@ def check_delivered(tmp_path, good: set[int], bad: set[int]):
         assert {r.v for r in records} == good
         wait_until(lambda: metric(gw, "spool_quarantined_rows_total") == len(bad), 10,
                    "the quarantine counted")
-        assert metric(gw, "spool_frames") == 0
+        wait_until(lambda: metric(gw, "spool_frames") == 0, 10, "the rows released")
         # the pipeline goes on: a new frame is acked and published
         node = gw.node("n1")
         node.send(500, t=1_700_000_000 + 60 * 500, value=500)
@@ -147,3 +147,55 @@ def test_a_pack_well_formed_but_not_as_verify_stores_it_is_quarantined(tmp_path)
         db.execute("UPDATE outbox SET pack = ? WHERE seq = ?", (pack, seq))
     db.close()
     check_delivered(tmp_path, {1, 2, 20, 21}, set(damage) - {20})
+
+
+def test_a_batch_over_the_brokers_maximum_packet_size_goes_in_smaller_batches(tmp_path):
+    """A broker with a small max_packet_size (mosquitto's option; MQTT 5 CONNACK's Maximum
+    Packet Size) drops the connection on a PUBLISH over it. A backlog of 80 frames is one
+    batch of about 5 kB: before the fix the gateway sent it again on every reconnect, for ever,
+    and nothing behind it went."""
+    db = spool_of(tmp_path, range(1, 81))
+    db.close()
+    broker = Mosquitto(tmp_path / "broker", extra=("max_packet_size 1500",))
+    sub = Subscriber(broker, ["sensorcity/v1/gw1/batch"])
+    gw = Gateway(tmp_path, [broker.url])
+    try:
+        wait_until(lambda: gw.proc.poll() is not None or
+                   set(range(1, 81)) <= {r.v for r in published(sub)}, 30, "the backlog")
+        assert gw.proc.poll() is None, gw.output()
+        assert all(len(p) <= 1500 for _, _, p, _, _ in sub.on("/batch"))
+        wait_until(lambda: metric(gw, "spool_frames") == 0, 10, "the rows released")
+        assert metric(gw, "uplink_failures_total") == 0, gw.output()
+    finally:
+        gw.stop()
+        sub.close()
+        broker.stop()
+    assert gw.proc.returncode == 0, gw.output()
+
+
+def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path):
+    """The batches a lost broker acked last are re-sent to the next one (replay_window). One
+    over the next broker's maximum would drop every connection to it at the replay, before
+    anything new: the new frames behind it waited for ever."""
+    db = spool_of(tmp_path, range(1, 81))
+    db.close()
+    big = Mosquitto(tmp_path / "big")
+    small = Mosquitto(tmp_path / "small", extra=("max_packet_size 1500",))
+    sub = Subscriber(small, ["sensorcity/v1/gw1/batch"])
+    gw = Gateway(tmp_path, [big.url, small.url], replay_window=60)
+    try:
+        wait_until(lambda: metric(gw, "spool_frames") == 0, 20, "the backlog at the first broker")
+        big.kill()
+        node = gw.node("n1")
+        for seq in range(100, 110):
+            node.send(seq, t=1_700_000_000 + 60 * seq, value=seq)
+        wait_until(lambda: gw.proc.poll() is not None or
+                   set(range(100, 110)) <= {r.v for r in published(sub)}, 30,
+                   "the new frames at the second broker")
+        node.close()
+        assert "over this broker's maximum packet size" in gw.output()
+    finally:
+        gw.stop()
+        sub.close()
+        small.stop()
+    assert gw.proc.returncode == 0, gw.output()
