@@ -199,3 +199,66 @@ def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path
         sub.close()
         small.stop()
     assert gw.proc.returncode == 0, gw.output()
+
+
+def test_rejections_under_a_storm_are_counted_once_and_agree(tmp_path):
+    """100 nodes at once, each on its own TCP link: good data frames, a run too long for a
+    frame (ingest's `overflow`), a CRC error, a forged tag and an unknown node (verify's). Each
+    is counted once, by its reason, on /metrics, /status.json and per link alike."""
+    import json
+    import socket
+    import threading
+    from sensorcity.protocol import frames
+    from rigs.gateway import pack
+
+    names = [f"n{i}" for i in range(100)]
+    broker = Mosquitto(tmp_path / "broker")
+    sub = Subscriber(broker, ["sensorcity/v1/gw1/batch"])
+    gw = Gateway(tmp_path, [broker.url], nodes=names)
+    acks = {}
+
+    def storm(name):
+        key, t = gw.keys[name], 1_700_000_000
+        good = [frames.encode(key, frames.DATA, name, s, pack(name, t + 60 * s, s))
+                for s in range(1, 6)]
+        raw = bytearray(frames.cobs_decode(good[0][:-1]))
+        raw[len(raw) // 2] ^= 0x40
+        bad_crc = frames.cobs_encode(bytes(raw)) + b"\0"
+        forged = frames.encode(b"\xee" * 32, frames.DATA, name, 9, pack(name, t, 9))
+        unknown = frames.encode(key, frames.DATA, "nobody", 1, pack("nobody", t, 1))
+        overflow = b"\x01" * 3000 + b"\0"
+        sock = socket.create_connection(("127.0.0.1", gw.tcp), timeout=10)
+        sock.sendall(good[0] + overflow + bad_crc + good[1] + forged + unknown + b"".join(good[2:]))
+        deframer, got = frames.Deframer(), set()
+        while len(got) < 5:
+            for cobs in deframer.feed(sock.recv(4096)):
+                got.add(frames.decode(cobs, lambda n: key).body)
+        acks[name] = got
+        sock.close()
+
+    try:
+        threads = [threading.Thread(target=storm, args=(n,)) for n in names]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert all(acks.get(n) == {1, 2, 3, 4, 5} for n in names), [(n, acks.get(n)) for n in names if acks.get(n) != {1, 2, 3, 4, 5}][:5]
+        wait_until(lambda: len(published(sub)) == 500, 20, "every good frame at the broker")
+        _, text = gw.get("/metrics")
+        by_metric = {m[0]: float(m[1]) for m in re.findall(
+            r'^sensorcity_gateway_frames_rejected_total\{reason="([^"]+)"\} (\S+)$', text, re.M)}
+        status = json.loads(gw.get("/status.json")[1])["rejections"]
+        assert by_metric == {r: float(n) for r, n in status["by_reason"].items()}
+        assert {r: n for r, n in by_metric.items() if n} == \
+            {"overflow": 100, "crc": 100, "tag": 100, "unknown-node": 100}, by_metric
+        assert status["total"] == 400
+        per_link = sum(float(v) for v in re.findall(
+            r'^sensorcity_gateway_link_rejected_total\{[^}]*\} (\S+)$', text, re.M))
+        assert per_link == 300  # a run too long is not a frame: its own link_overflows_total
+        assert metric(gw, "frames_accepted_total") == 500
+        assert metric(gw, "frames_stored_total") == 500
+    finally:
+        gw.stop()
+        sub.close()
+        broker.stop()
+    assert gw.proc.returncode == 0, gw.output()
