@@ -311,3 +311,52 @@ def test_kill_9_and_sigterm_while_batches_are_built_lose_nothing(tmp_path):
         sub.close()
         broker.stop()
     assert gw.proc.returncode == 0 and "Traceback" not in gw.output(), gw.output()
+
+
+def test_the_largest_batches_go_whole_and_the_loop_answers_meanwhile(tmp_path):
+    """batch_max 5000 rows of 128 records each (link.cddl's most; a frame's 1024 bytes hold
+    128 short ones): one 640000-record batch of about 4 MB, scanned in the worker thread while
+    /healthz keeps answering; the city gets every record as stored."""
+    import threading
+    import time
+    from sensorcity.gateway.spool import Spool
+
+    rows, per = 5000, 128
+    digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    names = [digits[k % 62] * (1 + k // 62) for k in range(per)]
+    pack = lambda s: cbor2.dumps([{-2: BASE, -3: 1_700_000_000 + 60 * s, 0: "q", 2: s}] + [  # noqa: E731
+        {0: names[k], 2: 0} for k in range(1, per)])
+    assert len(pack(rows)) < 1024
+    sp = Spool(tmp_path / "spool")
+    sp.store([("n1", s, 1_700_000_000 + 60 * s, pack(s), per) for s in range(rows)])
+    sp.close()
+    broker = Mosquitto(tmp_path / "broker")
+    sub = Subscriber(broker, ["sensorcity/v1/gw1/batch"])
+    gw = Gateway(tmp_path, [broker.url], batch_max=rows)
+    slowest, stop = [0.0], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            began = time.monotonic()
+            assert gw.get("/healthz")[0] in (200, 503)
+            slowest[0] = max(slowest[0], time.monotonic() - began)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        wait_until(lambda: metric(gw, "spool_frames") == 0, 120, "the batch taken")
+        stop.set()
+        prober.join(10)
+        got = [cbor2.loads(p) for _, _, p, _, _ in sub.on("/batch")]
+        assert [len(b) for b in got] == [rows * per]
+        assert got[0] == [r for s in range(rows) for r in cbor2.loads(pack(s))]
+        assert metric(gw, "readings_published_total") == rows * per
+        print(f"slowest /healthz while the batch was built and sent: {slowest[0]:.3f} s")
+        assert slowest[0] < 5  # a generous bound: the loop never waited for the scan
+    finally:
+        stop.set()
+        gw.stop()
+        sub.close()
+        broker.stop()
+    assert gw.proc.returncode == 0, gw.output()
