@@ -71,6 +71,10 @@ class PublishRefused(aiomqtt.MqttError):
         self.reason = reason
 
 
+class NoPuback(aiomqtt.MqttError):
+    """No PUBACK came in time: the connection is given up (a slow uplink, or a dead one)."""
+
+
 class Client(aiomqtt.Client):
     """aiomqtt resolves a QoS 1 publish on any PUBACK, whatever its reason code (paho issues
     #474, #895). paho's v2 on_publish callback does hand over the code; this client keeps it
@@ -105,7 +109,7 @@ class Client(aiomqtt.Client):
         try:
             reason = await asyncio.wait_for(ack, timeout)
         except asyncio.TimeoutError:
-            raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s") from None
+            raise NoPuback(f"no PUBACK within {timeout:g} s") from None
         finally:
             self._acks.pop(info.mid, None)
         if isinstance(reason, ReasonCode) and reason.is_failure:
@@ -168,6 +172,7 @@ class Uplink:
         self.recent_frames = 0
         self._refusal_backoff = BACKOFF_MIN
         self.overhead = PUBLISH_OVERHEAD + len(self.topic.encode()) + len(self.gateway_id.encode())
+        self.rows_max = cfg.batch_max  # halved by a batch whose PUBACK did not come in time
 
     def _client(self, broker: Broker) -> Client:
         v5 = self.version == aiomqtt.ProtocolVersion.V5
@@ -259,6 +264,13 @@ class Uplink:
             except PublishRefused as exc:
                 log.warning("replay of batch %s %s; not retried", batch_id, exc)
                 continue
+            except NoPuback:  # too slow for this uplink: the replay is given up, not retried
+                # at every connection before anything new could go
+                log.warning("replay of batch %s: no PUBACK in time; the replay is given up",
+                            batch_id)
+                self.recent.clear()
+                self.recent_frames = 0
+                raise
             self.stats.replayed_batches += 1
 
     async def _until_lost(self, work) -> None:
@@ -396,9 +408,11 @@ class Uplink:
         return backlog, self.spool.oldest(self.batch_max, after=self._mark)
 
     def fit(self, client: Client, rows: list) -> list:
-        """The first rows whose batch fits the broker's Maximum Packet Size (at least one: a
-        frame is at most 1024 bytes, so only an absurd limit refuses one; that connection
-        drops and the next broker of the list is tried). The rest go in the next round."""
+        """The first rows (at most rows_max) whose batch fits the broker's Maximum Packet Size
+        (at least one: a frame is at most 1024 bytes, so only an absurd limit refuses one; that
+        connection drops and the next broker of the list is tried). The rest go in the next
+        round."""
+        rows = rows[:self.rows_max]
         if not client.max_packet or len(rows) < 2:
             return rows
         room = client.max_packet - self.overhead - 9  # 9: the largest array head
@@ -418,6 +432,9 @@ class Uplink:
         self.stats.in_flight += 1
         try:
             await client.publish_checked(self.topic, payload, properties=self._props(batch_id))
+        except NoPuback:  # a link too slow for this batch in the wait: the next is half
+            self.rows_max = max(1, len(rows) // 2)  # as long (one frame: 1024 bytes at most)
+            raise
         except PublishRefused as exc:
             key = (f"{exc.reason.value:#04x}", str(exc.reason))
             refused = self.stats.refused
@@ -428,6 +445,7 @@ class Uplink:
         finally:
             self.stats.in_flight -= 1
         self._refusal_backoff = BACKOFF_MIN
+        self.rows_max = min(self.batch_max, 2 * self.rows_max)
         # a PUBACK that accepts: only now may the rows go
         await asyncio.to_thread(self.spool.release, [r.id for r in rows])
         if self.cfg.replay_window:

@@ -11,6 +11,7 @@ import pytest
 
 from rigs.gateway import Gateway, Mosquitto, Subscriber, wait_until
 from rigs.targets import free_port
+from test_uplink_edges import SilentProxy
 from sensorcity.protocol import senml
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.adversarial]
@@ -358,5 +359,85 @@ def test_the_largest_batches_go_whole_and_the_loop_answers_meanwhile(tmp_path):
         stop.set()
         gw.stop()
         sub.close()
+        broker.stop()
+    assert gw.proc.returncode == 0, gw.output()
+
+
+class SlowLink(SilentProxy):
+    """A loopback TCP proxy that carries the gateway's bytes to the broker at `rate` bytes/s
+    (a cellular uplink); the broker's answers go at once."""
+
+    def __init__(self, port: int, rate: int):
+        self.rate = rate
+        super().__init__(port)
+
+    def _pump(self, conn, src, dst):
+        import socket
+        import time
+        slow = src is conn["socks"][0]  # from the gateway
+        while True:
+            try:
+                data = src.recv(256 if slow else 65536)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                dst.sendall(data)
+            except OSError:
+                return
+            if slow:
+                time.sleep(len(data) / self.rate)
+
+
+def big_backlog(tmp_path, rows: int = 200):
+    """rows frames of 128 records each (about 850 bytes): 200 are a batch of about 170 kB."""
+    from sensorcity.gateway.spool import Spool
+
+    digits = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    names = [digits[k % 62] * (1 + k // 62) for k in range(128)]
+    sp = Spool(tmp_path / "spool")
+    sp.store([("n1", s, 1_700_000_000 + 60 * s, cbor2.dumps(
+        [{-2: BASE, -3: 1_700_000_000 + 60 * s, 0: "q", 2: s}] +
+        [{0: names[k], 2: 0} for k in range(1, 128)]), 128) for s in range(rows)])
+    sp.close()
+
+
+def test_a_batch_slower_to_send_than_the_puback_wait_goes_in_smaller_batches(tmp_path):
+    """200 frames of 128 records (about 170 kB) over a 4 kB/s uplink take 40 s, past the 30 s
+    the uplink waits for a PUBACK: before the fix it gave the connection up and sent the same
+    batch again, for ever (an NB-IoT or 2G modem with a backlog)."""
+    big_backlog(tmp_path)
+    broker = Mosquitto(tmp_path / "broker")
+    link = SlowLink(broker.port, 4000)
+    gw = Gateway(tmp_path, [f"mqtt://127.0.0.1:{link.port}"])
+    try:
+        wait_until(lambda: metric(gw, "spool_frames") == 0, 150, "the backlog taken")
+    finally:
+        gw.stop()
+        link.close()
+        broker.stop()
+    assert gw.proc.returncode == 0, gw.output()
+
+
+def test_a_replay_slower_to_send_than_the_puback_wait_is_given_up(tmp_path):
+    """The 170 kB batch a fast broker acked is replayed to the next one, behind a 4 kB/s
+    uplink: past the PUBACK wait. Before the fix every connection began with that replay and
+    lost it, for ever: the new frames never went."""
+    big_backlog(tmp_path)
+    fast = Mosquitto(tmp_path / "fast")
+    broker = Mosquitto(tmp_path / "slow")
+    link = SlowLink(broker.port, 4000)
+    sub = Subscriber(broker, ["sensorcity/v1/gw1/batch"])
+    gw = Gateway(tmp_path, [fast.url, f"mqtt://127.0.0.1:{link.port}"], replay_window=60)
+    try:
+        wait_until(lambda: metric(gw, "spool_frames") == 0, 20, "the backlog at the fast broker")
+        fast.kill()
+        node = gw.node("n1")
+        node.send(1000, t=1_700_000_000 + 60 * 1000, value=1000)
+        wait_until(lambda: any(r.v == 1000 for r in published(sub)), 100, "the new frame")
+        node.close()
+    finally:
+        gw.stop()
+        sub.close()
+        link.close()
         broker.stop()
     assert gw.proc.returncode == 0, gw.output()
