@@ -25,6 +25,18 @@ def metric(gw, name: str) -> float:
     return float(m.group(1))
 
 
+def shut(gw, *parts):
+    """Stop the gateway (SIGTERM), then the subscriber, proxies and brokers given."""
+    gw.stop()
+    for part in parts:
+        (part.close if hasattr(part, "close") else part.stop)()
+
+
+def clean_exit(gw) -> None:
+    out = gw.output()
+    assert gw.proc.returncode == 0 and "Traceback" not in out, out
+
+
 def spool_of(tmp_path, seqs) -> sqlite3.Connection:
     """A spool holding one acked data frame per seq (the broker away), the gateway stopped."""
     gw = Gateway(tmp_path, [f"mqtt://127.0.0.1:{free_port()}"])
@@ -70,11 +82,8 @@ def check_delivered(tmp_path, good: set[int], bad: set[int]):
         wait_until(lambda: 500 in {r.v for r in published(sub)}, 15, "a new frame published")
         node.close()
     finally:
-        gw.stop()
-        sub.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
-    assert "Traceback" not in gw.output(), gw.output()
+        shut(gw, sub, broker)
+    clean_exit(gw)
 
 
 def test_a_pack_whose_type_bit_flipped_to_text_is_quarantined(tmp_path):
@@ -168,10 +177,8 @@ def test_a_batch_over_the_brokers_maximum_packet_size_goes_in_smaller_batches(tm
         wait_until(lambda: metric(gw, "spool_frames") == 0, 10, "the rows released")
         assert metric(gw, "uplink_failures_total") == 0, gw.output()
     finally:
-        gw.stop()
-        sub.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
+        shut(gw, sub, broker)
+    clean_exit(gw)
 
 
 def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path):
@@ -196,10 +203,8 @@ def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path
         node.close()
         assert "over this broker's maximum packet size" in gw.output()
     finally:
-        gw.stop()
-        sub.close()
-        small.stop()
-    assert gw.proc.returncode == 0, gw.output()
+        shut(gw, sub, small)
+    clean_exit(gw)
 
 
 def test_rejections_under_a_storm_are_counted_once_and_agree(tmp_path):
@@ -259,10 +264,8 @@ def test_rejections_under_a_storm_are_counted_once_and_agree(tmp_path):
         assert metric(gw, "frames_accepted_total") == 500
         assert metric(gw, "frames_stored_total") == 500
     finally:
-        gw.stop()
-        sub.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
+        shut(gw, sub, broker)
+    clean_exit(gw)
 
 
 TOTAL = 60000
@@ -308,10 +311,8 @@ def test_kill_9_and_sigterm_while_batches_are_built_lose_nothing(tmp_path):
             assert (r.n, r.u, r.t) == (BASE + "power_import", "W", 1_700_000_000 + 60 * r.v)
         assert metric(gw, "spool_quarantined_rows_total") == len(bad)
     finally:
-        gw.stop()
-        sub.close()
-        broker.stop()
-    assert gw.proc.returncode == 0 and "Traceback" not in gw.output(), gw.output()
+        shut(gw, sub, broker)
+    clean_exit(gw)
 
 
 def test_the_largest_batches_go_whole_and_the_loop_answers_meanwhile(tmp_path):
@@ -357,10 +358,8 @@ def test_the_largest_batches_go_whole_and_the_loop_answers_meanwhile(tmp_path):
         assert slowest[0] < 5  # a generous bound: the loop never waited for the scan
     finally:
         stop.set()
-        gw.stop()
-        sub.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
+        shut(gw, sub, broker)
+    clean_exit(gw)
 
 
 class SlowLink(SilentProxy):
@@ -412,10 +411,8 @@ def test_a_batch_slower_to_send_than_the_puback_wait_goes_in_smaller_batches(tmp
     try:
         wait_until(lambda: metric(gw, "spool_frames") == 0, 150, "the backlog taken")
     finally:
-        gw.stop()
-        link.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
+        shut(gw, link, broker)
+    clean_exit(gw)
 
 
 def test_a_replay_slower_to_send_than_the_puback_wait_is_given_up(tmp_path):
@@ -436,11 +433,8 @@ def test_a_replay_slower_to_send_than_the_puback_wait_is_given_up(tmp_path):
         wait_until(lambda: any(r.v == 1000 for r in published(sub)), 100, "the new frame")
         node.close()
     finally:
-        gw.stop()
-        sub.close()
-        link.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
+        shut(gw, sub, link, broker)
+    clean_exit(gw)
 
 
 def test_spool_pages_overwritten_while_a_backlog_drains(tmp_path):
@@ -492,8 +486,5 @@ def test_spool_pages_overwritten_while_a_backlog_drains(tmp_path):
         status, text = gw.get("/healthz")
         assert status == 503 and text.startswith("spool damaged"), text
     finally:
-        gw.stop()
-        sub.close()
-        broker.stop()
-    assert gw.proc.returncode == 0, gw.output()
-    assert "Traceback" not in gw.output(), gw.output()
+        shut(gw, sub, broker)
+    clean_exit(gw)
