@@ -71,10 +71,6 @@ class PublishRefused(aiomqtt.MqttError):
         self.reason = reason
 
 
-class NoPuback(aiomqtt.MqttError):
-    """No PUBACK came in time: the connection is given up (a slow uplink, or a dead one)."""
-
-
 class Client(aiomqtt.Client):
     """aiomqtt resolves a QoS 1 publish on any PUBACK, whatever its reason code (paho issues
     #474, #895). paho's v2 on_publish callback does hand over the code; this client keeps it
@@ -109,7 +105,7 @@ class Client(aiomqtt.Client):
         try:
             reason = await asyncio.wait_for(ack, timeout)
         except asyncio.TimeoutError:
-            raise NoPuback(f"no PUBACK within {timeout:g} s") from None
+            raise aiomqtt.MqttError(f"no PUBACK within {timeout:g} s") from None
         finally:
             self._acks.pop(info.mid, None)
         if isinstance(reason, ReasonCode) and reason.is_failure:
@@ -245,6 +241,12 @@ class Uplink:
                                self.recent_frames > REPLAY_MAX):
             self.recent_frames -= self.recent.popleft()[3]
 
+    def _forget(self, batch_id: str) -> None:
+        for entry in list(self.recent):
+            if entry[2] == batch_id:
+                self.recent.remove(entry)
+                self.recent_frames -= entry[3]
+
     async def _replay(self, client: Client) -> None:
         """A connection was lost: what a broker acked just before may have died with it."""
         if not self.recent:
@@ -264,12 +266,11 @@ class Uplink:
             except PublishRefused as exc:
                 log.warning("replay of batch %s %s; not retried", batch_id, exc)
                 continue
-            except NoPuback:  # too slow for this uplink: the replay is given up, not retried
-                # at every connection before anything new could go
-                log.warning("replay of batch %s: no PUBACK in time; the replay is given up",
-                            batch_id)
-                self.recent.clear()
-                self.recent_frames = 0
+            except BaseException:  # no PUBACK (too slow, or over a size limit MQTT 3.1.1
+                # cannot name, which drops the connection): not replayed at every connection
+                # before anything new could go
+                log.warning("replay of batch %s: no PUBACK; not replayed again", batch_id)
+                self._forget(batch_id)
                 raise
             self.stats.replayed_batches += 1
 
@@ -432,9 +433,6 @@ class Uplink:
         self.stats.in_flight += 1
         try:
             await client.publish_checked(self.topic, payload, properties=self._props(batch_id))
-        except NoPuback:  # a link too slow for this batch in the wait: the next is half
-            self.rows_max = max(1, len(rows) // 2)  # as long (one frame: 1024 bytes at most)
-            raise
         except PublishRefused as exc:
             key = (f"{exc.reason.value:#04x}", str(exc.reason))
             refused = self.stats.refused
@@ -442,6 +440,11 @@ class Uplink:
             log.warning("batch %s (%d readings) %s; kept in the spool, retried after a backoff",
                         batch_id, readings, exc)
             return False
+        except BaseException:  # no PUBACK: a link too slow for this batch in the wait, or a
+            # size limit MQTT 3.1.1 cannot name (the broker drops the connection), or a lost
+            # connection: the next batch is half as long (one frame: 1024 bytes at most)
+            self.rows_max = max(1, len(rows) // 2)
+            raise
         finally:
             self.stats.in_flight -= 1
         self._refusal_backoff = BACKOFF_MIN

@@ -159,29 +159,33 @@ def test_a_pack_well_formed_but_not_as_verify_stores_it_is_quarantined(tmp_path)
     check_delivered(tmp_path, {1, 2, 20, 21}, set(damage) - {20})
 
 
-def test_a_batch_over_the_brokers_maximum_packet_size_goes_in_smaller_batches(tmp_path):
+@pytest.mark.parametrize("version", [5, 4])
+def test_a_batch_over_the_brokers_maximum_packet_size_goes_in_smaller_batches(tmp_path,
+                                                                              version):
     """A broker with a small max_packet_size (mosquitto's option; MQTT 5 CONNACK's Maximum
-    Packet Size) drops the connection on a PUBLISH over it. A backlog of 80 frames is one
-    batch of about 5 kB: before the fix the gateway sent it again on every reconnect, for ever,
-    and nothing behind it went."""
+    Packet Size, which MQTT 3.1.1 cannot say) drops the connection on a PUBLISH over it. A
+    backlog of 80 frames is one batch of about 5 kB: before the fix the gateway sent it again
+    on every reconnect, for ever, and nothing behind it went."""
     db = spool_of(tmp_path, range(1, 81))
     db.close()
     broker = Mosquitto(tmp_path / "broker", extra=("max_packet_size 1500",))
     sub = Subscriber(broker, ["sensorcity/v1/gw1/batch"])
-    gw = Gateway(tmp_path, [broker.url])
+    gw = Gateway(tmp_path, [broker.url], mqtt_version=version)
     try:
         wait_until(lambda: gw.proc.poll() is not None or
                    set(range(1, 81)) <= {r.v for r in published(sub)}, 30, "the backlog")
         assert gw.proc.poll() is None, gw.output()
         assert all(len(p) <= 1500 for _, _, p, _, _ in sub.on("/batch"))
         wait_until(lambda: metric(gw, "spool_frames") == 0, 10, "the rows released")
-        assert metric(gw, "uplink_failures_total") == 0, gw.output()
+        if version == 5:  # 3.1.1: the broker's limit is learnt by losing connections
+            assert metric(gw, "uplink_failures_total") == 0, gw.output()
     finally:
         shut(gw, sub, broker)
     clean_exit(gw)
 
 
-def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path):
+@pytest.mark.parametrize("version", [5, 4])
+def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path, version):
     """The batches a lost broker acked last are re-sent to the next one (replay_window). One
     over the next broker's maximum would drop every connection to it at the replay, before
     anything new: the new frames behind it waited for ever."""
@@ -190,7 +194,7 @@ def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path
     big = Mosquitto(tmp_path / "big")
     small = Mosquitto(tmp_path / "small", extra=("max_packet_size 1500",))
     sub = Subscriber(small, ["sensorcity/v1/gw1/batch"])
-    gw = Gateway(tmp_path, [big.url, small.url], replay_window=60)
+    gw = Gateway(tmp_path, [big.url, small.url], replay_window=60, mqtt_version=version)
     try:
         wait_until(lambda: metric(gw, "spool_frames") == 0, 20, "the backlog at the first broker")
         big.kill()
@@ -201,7 +205,8 @@ def test_a_replay_over_the_next_brokers_maximum_packet_size_is_not_sent(tmp_path
                    set(range(100, 110)) <= {r.v for r in published(sub)}, 30,
                    "the new frames at the second broker")
         node.close()
-        assert "over this broker's maximum packet size" in gw.output()
+        if version == 5:
+            assert "over this broker's maximum packet size" in gw.output()
     finally:
         shut(gw, sub, small)
     clean_exit(gw)
