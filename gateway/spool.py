@@ -438,11 +438,19 @@ class Spool:
     # --- uplink side -----------------------------------------------------------------------
     @_guarded
     def oldest(self, limit: int, after: int = 0) -> list[Row]:
-        """The first `limit` outbox rows with an id above `after`, in id (arrival) order."""
+        """The first `limit` outbox rows with an id above `after`, in id (arrival) order. A row
+        whose pack, time or count is not of its column's type (one bit of a record's header
+        turns a BLOB into TEXT, SQLite checks none on a read) is quarantined, not returned."""
         with self.lock:
-            return [Row(*r) for r in self.db.execute(
+            rows = [Row(*r) for r in self.db.execute(
                 "SELECT id, node, seq, received, pack, readings FROM outbox WHERE id > ? "
                 "ORDER BY id LIMIT ?", (after, limit))]
+            bad = [r.id for r in rows if type(r.pack) is not bytes or type(r.readings) is not int
+                   or type(r.received) not in (int, float)]
+            if bad:
+                self.quarantine(bad, "a column of the wrong type")
+                rows = [r for r in rows if r.id not in bad]
+            return rows
 
     @_guarded
     def newest_id(self) -> int:
@@ -590,11 +598,19 @@ class Spool:
             except (AttributeError, sqlite3.Error):
                 pass
             aside = self._set_aside()
-            self._open()
+            self._reopen()
             saved, quar, lost = self._copy_readable(aside, cause)
         log.critical("spool damaged (%s): set aside as %s; %d rows salvaged, %d quarantined, %s "
                      "lost; a fresh spool takes new frames", cause, aside, saved, quar,
                      "an unknown number" if lost is None else lost)
+
+    def _reopen(self) -> None:
+        """A fresh file at the path; the counts stay as they were until the copy into it
+        commits (before, the fresh file's 0 showed: nothing waiting, while a salvage copied)."""
+        kept = getattr(self, "counts", None)
+        self._open()
+        if kept is not None:
+            self.counts = kept
 
     def _aside_name(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -629,7 +645,7 @@ class Spool:
                 out.close()
             found = self._set_aside() if self._identity() is not None else None
             self.db.close()  # after the set-aside: its close deletes the -wal and -shm by name
-            self._open()
+            self._reopen()
             for aside in (kept, found) if found else (kept,):
                 saved, quar, lost = self._copy_readable(aside, cause)
                 log.critical("spool: %s: kept as %s; %d rows copied into a fresh spool",

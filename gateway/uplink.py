@@ -46,6 +46,9 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 STABLE = 10.0          # a connection that lasted this long resets the backoff
 REPLIES_MAX = 1000
 REPLAY_MAX = 20000     # frames kept for a replay at most (their packs: ~10 MB at most)
+# a batch's PUBLISH beyond its payload, its topic and the gateway id in batch_id, at most: fixed
+# header 5, topic length 2, packet id 2, properties 4 + content type 25 + batch_id 13 + 42 digits
+PUBLISH_OVERHEAD = 100
 
 
 def tls_context(cfg: Config) -> ssl.SSLContext:
@@ -76,6 +79,12 @@ class Client(aiomqtt.Client):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future] = {}
+        self.max_packet: int | None = None  # the CONNACK's Maximum Packet Size (MQTT 5)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None):
+        # a PUBLISH over the broker's maximum is a protocol error: it drops the connection
+        self.max_packet = getattr(properties, "MaximumPacketSize", None)
+        super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         ack = self._acks.pop(mid, None)
@@ -164,6 +173,8 @@ class Uplink:
         self.recent: collections.deque = collections.deque()  # (monotonic, payload, id, frames)
         self.recent_frames = 0
         self._refusal_backoff = BACKOFF_MIN
+        self.overhead = PUBLISH_OVERHEAD + len(self.topic.encode()) + len(self.gateway_id.encode())
+        self.rows_max = cfg.batch_max  # halved by a batch whose PUBACK did not come in time
 
     def _client(self, broker: Broker) -> Client:
         v5 = self.version == aiomqtt.ProtocolVersion.V5
@@ -237,6 +248,12 @@ class Uplink:
                                self.recent_frames > REPLAY_MAX):
             self.recent_frames -= self.recent.popleft()[3]
 
+    def _forget(self, batch_id: str) -> None:
+        for entry in list(self.recent):
+            if entry[2] == batch_id:
+                self.recent.remove(entry)
+                self.recent_frames -= entry[3]
+
     async def _replay(self, client: Client) -> None:
         """A connection was lost: what a broker acked just before may have died with it."""
         if not self.recent:
@@ -246,12 +263,22 @@ class Uplink:
                  self.broker.host, self.broker.port, len(self.recent), self.recent_frames,
                  self.cfg.replay_window)
         for _, payload, batch_id, _ in list(self.recent):
+            if client.max_packet and len(payload) + self.overhead > client.max_packet:
+                log.warning("replay of batch %s: %d bytes, over this broker's maximum packet "
+                            "size %d; not sent", batch_id, len(payload), client.max_packet)
+                continue
             try:
                 await client.publish_checked(self.topic, payload,
                                              properties=self._props(batch_id))
             except PublishRefused as exc:
                 log.warning("replay of batch %s %s; not retried", batch_id, exc)
                 continue
+            except BaseException:  # no PUBACK (too slow, or over a size limit MQTT 3.1.1
+                # cannot name, which drops the connection): not replayed at every connection
+                # before anything new could go
+                log.warning("replay of batch %s: no PUBACK; not replayed again", batch_id)
+                self._forget(batch_id)
+                raise
             self.stats.replayed_batches += 1
 
     async def _until_lost(self, work) -> None:
@@ -388,8 +415,24 @@ class Uplink:
             return oldest, []
         return backlog, self.spool.oldest(self.batch_max, after=self._mark)
 
+    def fit(self, client: Client, rows: list) -> list:
+        """The first rows (at most rows_max) whose batch fits the broker's Maximum Packet Size
+        (at least one: a frame is at most 1024 bytes, so only an absurd limit refuses one; that
+        connection drops and the next broker of the list is tried). The rest go in the next
+        round."""
+        rows = rows[:self.rows_max]
+        if not client.max_packet or len(rows) < 2:
+            return rows
+        room = client.max_packet - self.overhead - 9  # 9: the largest array head
+        for n, row in enumerate(rows):
+            room -= len(row.pack)  # a pack's own array head more than its records' bytes
+            if room < 0:
+                return rows[:max(n, 1)]
+        return rows
+
     async def _publish(self, client: Client, rows) -> bool:
         """True when the broker took the batch (and its rows are released)."""
+        rows = self.fit(client, rows)
         # a scan of every row's bytes (and, rarely, a quarantine): in a worker thread
         payload, batch_id, readings = await asyncio.to_thread(self.batch, rows)
         if payload is None:
@@ -405,9 +448,15 @@ class Uplink:
             log.warning("batch %s (%d readings) %s; kept in the spool, retried after a backoff",
                         batch_id, readings, exc)
             return False
+        except BaseException:  # no PUBACK: a link too slow for this batch in the wait, or a
+            # size limit MQTT 3.1.1 cannot name (the broker drops the connection), or a lost
+            # connection: the next batch is half as long (one frame: 1024 bytes at most)
+            self.rows_max = max(1, len(rows) // 2)
+            raise
         finally:
             self.stats.in_flight -= 1
         self._refusal_backoff = BACKOFF_MIN
+        self.rows_max = min(self.batch_max, 2 * self.rows_max)
         # a PUBACK that accepts: only now may the rows go
         await asyncio.to_thread(self.spool.release, [r.id for r in rows])
         if self.cfg.replay_window:

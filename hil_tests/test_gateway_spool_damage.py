@@ -24,9 +24,9 @@ def test_gateway_delivers_what_a_damaged_spool_still_holds(tmp_path):
     spool = tmp_path / "spool"
     sp = Spool(spool)
     for start in range(0, 300, 30):
-        sp.store([("n1", s, 60.0 * s, cbor2.dumps([{-2: BASE, 0: "power_import", 1: "W",
-                                                    2: s, 6: 60.0 * s,
-                                                    "pad": random.randbytes(200)}]), 1)
+        sp.store([("n1", s, 60.0 * s, cbor2.dumps([{-2: BASE, -3: 60.0 * s, 0: "power_import",
+                                                    1: random.randbytes(100).hex(), 2: s}]),
+                    1)
                   for s in range(start, start + 30)])
     sp.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     sp.close()

@@ -189,53 +189,52 @@ def _head(b: bytes, i: int) -> tuple[int, int, int, int]:
     return major, ai, int.from_bytes(b[i:i + n], "big"), i + n
 
 
-def _value_heads() -> tuple[int, ...]:
-    """Per first byte of a record's label or value: the length of its head (0: refused), and
-    its major type. Integers, byte and text strings, false, true, null and floats are taken;
-    arrays, maps, tags, indefinite lengths and other simple values never are in a pack."""
-    table = [0] * 256
-    for ib in range(256):
-        major, ai = ib >> 5, ib & 31
-        if ai > 27 or major in (4, 5, 6) or (major == 7 and ai not in (20, 21, 22, 25, 26, 27)):
-            continue
-        table[ib] = 1 + (1 << (ai - 24) if ai >= 24 else 0)
-    return tuple(table)
-
-
-_VALUE_HEADS = _value_heads()
+# link.cddl's senml-record as verify encodes it (cbor2, senml.pack): each label is one byte;
+# per label its bit (no label twice) and whether its value is text (else a number)
+_LABELS = {0x21: (1, True), 0x22: (2, False), 0x00: (4, True), 0x01: (8, True),
+           0x02: (16, False), 0x06: (32, False)}  # bn, bt, n, u, v, t
+_FIRST, _EACH = 1 | 2, 4 | 16   # bn and bt in a pack's first record (a batch's next row must
+# not inherit the one before's), n and v in every record
+_INF = {25: 0x7C00, 26: 0x7F800000, 27: 0x7FF0000000000000}  # a float's exponent all ones
+NUMBER_MAX = 2 ** 53            # |v|, bt, t: what a double holds exactly (verify's bound)
 
 
 def pack_span(data: bytes) -> tuple[int, int] | None:
-    """(records, where they begin past the array's head) when `data` is a well-formed CBOR
-    array of records (maps of integer or text labels to numbers, text and bytes; text valid
-    UTF-8; nothing after it), else None. A scan of the heads (RFC 8949 appendix C): nothing is
-    built, so a batch is made of the records' bytes as verify encoded them, once."""
-    end, heads = len(data), _VALUE_HEADS
+    """(records, where they begin past the array's head) when `data` is a pack as verify
+    stores it: a definite CBOR array of records, each a map of link.cddl's labels (bn, bt, n,
+    u, v, t; none twice; n and v in each, bn and bt in the first) to text (valid UTF-8) or a
+    finite number within NUMBER_MAX, with nothing after it; else None. A scan of the heads
+    (RFC 8949 appendix C): nothing is built, so a batch is made of the records' bytes as verify
+    encoded them, once, and what the city decodes is SenML (RFC 8428) of the node's base name."""
+    end, labels = len(data), _LABELS
     try:
         major, _, count, i = _head(data, 0)
         if major != 4 or count < 1:
             return None
-        start = i
+        start, need = i, _FIRST | _EACH
         for _ in range(count):
             major, _, pairs, i = _head(data, i)
             if major != 5:
                 return None
-            for item in range(2 * pairs):
-                ib = data[i]
-                head, major = heads[ib], ib >> 5
-                if not head or (not item & 1 and major not in (0, 1, 3)):  # a label
+            seen = 0
+            for _ in range(pairs):
+                bit, text = labels[data[i]]  # KeyError (a LookupError) for any other label
+                if seen & bit:
                     return None
-                if major in (2, 3):
-                    n = ib & 31 if head == 1 else int.from_bytes(data[i + 1:i + head], "big")
-                    i += head
-                    if i + n > end:
+                seen |= bit
+                major, ai, arg, i = _head(data, i + 1)
+                if text:
+                    if major != 3 or i + arg > end:
                         return None
-                    if major == 3:
-                        str(data[i:i + n], "utf-8")  # UnicodeDecodeError is a ValueError
-                    i += n
-                else:
-                    i += head
-    except (IndexError, ValueError):
+                    str(data[i:i + arg], "utf-8")  # UnicodeDecodeError is a ValueError
+                    i += arg
+                elif not (major in (0, 1) and arg + major <= NUMBER_MAX
+                          or major == 7 and ai in _INF and arg & _INF[ai] != _INF[ai]):
+                    return None
+            if seen & need != need:
+                return None
+            need = _EACH
+    except (LookupError, ValueError):
         return None
     return (count, start) if i == end else None
 

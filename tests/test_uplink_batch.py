@@ -57,7 +57,7 @@ def test_a_batch_is_the_stored_records_under_one_array_head(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("count", [1, 23, 24, 255, 256, 65535, 65536])
 def test_the_array_head_is_cbors_at_every_length(count):
-    record = {0: "LAeq", 1: "dB", 2: 55.25}
+    record = {-2: "urn:dev:ops:n1:", -3: 1.7e9, 0: "LAeq", 1: "dB", 2: 55.25}
     pack = cbor2.dumps([record])
     rows = [Row(i + 1, "n1", i, 0.0, pack, 1) for i in range(count)]
     payload, _, readings = uplink.Uplink.batch(make_stub(), rows)
@@ -81,8 +81,9 @@ def make_stub():
 ])
 def test_a_pack_that_is_not_a_well_formed_record_array_is_left_out(tmp_path, bad):
     up = make(tmp_path)
-    good = cbor2.dumps([{0: "LAeq", 2: 1.5}])
+    record = {-2: "urn:dev:ops:n1:", -3: 1.7e9, 0: "LAeq", 2: 1.5}
+    good = cbor2.dumps([record])
     up.spool.store([("n1", 1, 0.0, good, 1), ("n1", 2, 60.0, bad, 1), ("n1", 3, 120.0, good, 1)])
     payload, _, readings = up.batch(up.spool.oldest(10))
-    assert payload == cbor2.dumps([{0: "LAeq", 2: 1.5}] * 2) and readings == 2
+    assert payload == cbor2.dumps([record] * 2) and readings == 2
     assert up.spool.depth() == 2  # the bad one went to quarantine
