@@ -387,6 +387,10 @@ class NoiseMeter:
                 self._block()
         self._n += n
 
+    def heard(self):
+        """Whether the interval holds a complete 125 ms level reading."""
+        return self._hist.n > 0
+
     def take(self):
         """Close the interval: return (LAeq, LAFmax, LAFmin, LA10, LA50, LA90) as floats in dB, or
         None if no complete 125 ms block was seen; reset for the next interval. Filter state

@@ -1,9 +1,11 @@
-# One pipeline per sensor kind: read the hardware, close a record set at each interval boundary.
+# One pipeline per sensor kind: read the hardware, close a record set for every interval, each
+# in turn under its own start, however late the task runs (docs/node.md, "Clock").
 import asyncio
 import time
 
 import board
 from cbor import Decimal
+from node import Intervals
 
 
 def noise_records(quantities, levels):
@@ -36,19 +38,18 @@ async def noise(node, meter=None):
     reader = asyncio.StreamReader(node.hw.microphone(rate))
     buf = bytearray(1024)  # 5 ms at 48 kHz; the I2S driver's DMA buffers (ibuf) hold the rest
     mv = memoryview(buf)
-    start = node.interval_start()
+    iv = Intervals(node)
     whole = False  # the first, partial interval after boot is not reported
     while True:
         n = await reader.readinto(mv)
         if n:
             meter.feed(mv, n // 4)
             node.progress += 1
-        now = node.interval_start()
-        if now != start:
+        # an ended interval closes once it holds a whole 125 ms level reading: after a stall
+        # each late one takes the next block read (the microphone's buffer, then new sound)
+        if iv.ended() and not iv.leapt() and (meter.heard() or not whole):
             levels = meter.take()
-            if whole and levels:
-                node.emit(start, noise_records(meter.QUANTITIES, levels))
-            start = now
+            iv.close(noise_records(meter.QUANTITIES, levels) if whole and levels else None)
             whole = True
 
 
@@ -58,15 +59,25 @@ async def energy(node):
     p1 = P1Reader()
     line = _p1_cipher(node.cfg, p1)
     agg = EnergyInterval(p1, line)
+    iv = Intervals(node)
+
+    def telegram(values, have):
+        # a telegram read after the oldest open interval ended, once that one has one, is the
+        # next one's: after a stall, the UART's buffered telegrams go one to each late interval
+        if iv.ended() and agg.seen:
+            iv.close(energy_records(agg.take(exact=True)))
+        agg.add(values, have)
+    p1.on_telegram = telegram
     asyncio.create_task(_read_p1(node, line or p1))
-    start = node.interval_start()
+    quiet = 0  # ms of a catch-up without a telegram
     while True:
-        # intervals close on the clock, whether or not the meter is talking
+        # intervals close on the clock, whether or not the meter is talking; a catch-up waits
+        # for the buffered telegrams unless the meter stays quiet for an interval
+        seen = agg.seen
         await asyncio.sleep_ms(200)
-        now = node.interval_start()
-        if now != start:
-            node.emit(start, energy_records(agg.take(exact=True)))
-            start = now
+        quiet = 0 if agg.seen != seen else quiet + 200
+        while iv.ended() and not iv.leapt() and (not iv.late() or quiet >= node.interval * 1000):
+            iv.close(energy_records(agg.take(exact=True)))
 
 
 def _p1_cipher(cfg, reader):
@@ -96,28 +107,36 @@ async def traffic(node):
     cfg = node.cfg
     lanes = cfg.get("lanes", 1)
     ring = EdgeRing(256)
-    start = node.interval_start()
-    start_us = time.ticks_add(time.ticks_us(), -(node.epoch_ms() - start * 1000) * 1000)
+    iv = Intervals(node)
+    clock = node.clock
+    end_us = time.ticks_add(time.ticks_us(), -clock.since_ms(iv.start) * 1000)
     det = Loops(lanes, cfg.get("loop_length", 2.0), cfg.get("loop_spacing", 4.0),
-                min_speed=cfg.get("min_speed", 5.0), start_us=start_us)
+                min_speed=cfg.get("min_speed", 5.0), start_us=end_us)
     pins = node.hw.loop_inputs(lanes, ring)  # noqa: F841 (kept alive: their IRQs fill the ring)
-    pending = []  # (interval start, its end in ticks_us, when it may close in ticks_ms)
+    close_ms = None  # when the oldest ended interval may close, in ticks_ms
     while True:
         await asyncio.sleep_ms(100)
         det.drain(ring)
         node.progress += 1
-        now = node.interval_start()
-        if now != start:
-            # the boundary in ticks; the interval closes once its last vehicle can have reached
-            # loop B (Loops.grace_us later)
-            late_us = (node.epoch_ms() - now * 1000) * 1000
-            end_us = time.ticks_add(time.ticks_us(), -late_us)
-            pending.append((start, end_us, time.ticks_add(time.ticks_ms(), det.grace_us // 1000)))
-            start = now
-        while pending and time.ticks_diff(time.ticks_ms(), pending[0][2]) >= 0:
-            t, end_us, _ = pending.pop(0)
+        while iv.ended():
+            if iv.leapt():
+                continue
+            if close_ms is None:
+                # its end in ticks_us, never before the last one's (a step forward leaves
+                # the leapt intervals no time on the board); it closes once its last vehicle
+                # can have reached loop B (Loops.grace_us later)
+                now_us = time.ticks_us()
+                late = clock.since_ms(node.next_interval(iv.start))
+                d = time.ticks_diff(now_us, end_us) // 1000
+                if 0 <= d < late:
+                    late = d
+                end_us = time.ticks_add(now_us, -late * 1000)
+                close_ms = time.ticks_add(time.ticks_ms(), det.grace_us // 1000 - late)
+            if time.ticks_diff(time.ticks_ms(), close_ms) < 0:
+                break
             det.drain(ring)
-            node.emit(t, traffic_records(det.take(end_us)))
+            iv.close(traffic_records(det.take(end_us)))
+            close_ms = None
 
 
 # the modules each pipeline imports, loaded by pipeline(kind, load=True)
