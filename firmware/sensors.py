@@ -5,7 +5,6 @@ import time
 
 import board
 from cbor import Decimal
-from node import Intervals
 
 
 def noise_records(quantities, levels):
@@ -31,6 +30,7 @@ def _noise_meter(cfg):
 
 
 async def noise(node, meter=None):
+    from node import Intervals  # loaded by the node already; replay uses the records alone
     cfg = node.cfg
     rate = cfg.get("rate", board.MIC_RATE)
     if meter is None:
@@ -47,13 +47,16 @@ async def noise(node, meter=None):
             node.progress += 1
         # an ended interval closes once it holds a whole 125 ms level reading: after a stall
         # each late one takes the next block read (the microphone's buffer, then new sound)
-        if iv.ended() and not iv.leapt() and (meter.heard() or not whole):
+        while iv.ended() and iv.leapt():  # the intervals a clock step leapt over: flagged
+            pass
+        if iv.ended() and (meter.heard() or not whole):
             levels = meter.take()
             iv.close(noise_records(meter.QUANTITIES, levels) if whole and levels else None)
             whole = True
 
 
 async def energy(node):
+    from node import Intervals
     from energy import EnergyInterval
     from p1 import P1Reader
     p1 = P1Reader()
@@ -64,6 +67,8 @@ async def energy(node):
     def telegram(values, have):
         # a telegram read after the oldest open interval ended, once that one has one, is the
         # next one's: after a stall, the UART's buffered telegrams go one to each late interval
+        while iv.ended() and iv.leapt():  # no telegram goes to an interval the clock leapt
+            pass
         if iv.ended() and agg.seen:
             iv.close(energy_records(agg.take(exact=True)))
         agg.add(values, have)
@@ -76,7 +81,11 @@ async def energy(node):
         seen = agg.seen
         await asyncio.sleep_ms(200)
         quiet = 0 if agg.seen != seen else quiet + 200
-        while iv.ended() and not iv.leapt() and (not iv.late() or quiet >= node.interval * 1000):
+        while iv.ended():
+            if iv.leapt():
+                continue
+            if iv.late() and quiet < node.interval * 1000:
+                break
             iv.close(energy_records(agg.take(exact=True)))
 
 
@@ -103,6 +112,7 @@ async def _read_p1(node, p1):
 
 
 async def traffic(node):
+    from node import Intervals
     from loops import EdgeRing, Loops
     cfg = node.cfg
     lanes = cfg.get("lanes", 1)

@@ -155,9 +155,8 @@ def test_a_noise_block_and_its_clock_read_allocate_nothing(board_run):
     assert got["noise_block"] == ["ok", "0"], out
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 1, open: the 125 ms level read sums the "
-                   "block's energy as a Python int (2**56 limbs) and converts the Fast level to "
-                   "dB in floats, both heap objects on a 32-bit port (8 allocations a second)")
 def test_a_noise_level_read_allocates_nothing(board_run):
+    # before: the block's energy summed as a Python int (2**56 limbs) and the Fast level turned
+    # into dB in floats, both heap objects on a 32-bit port, 8 times a second
     got, out = board_run
     assert got["noise_level"] == ["ok", "1"], out

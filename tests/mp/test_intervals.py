@@ -227,6 +227,27 @@ def test_energy_step_forward_and_back_keep_every_interval_once():
     t0 = _grid(DAY0)
     check_every_interval(n, t0, n.emitted[-1][0])
     assert n.emitted[-1][0] >= t0 + 24 + 4500 // 1000 - 7, n.emitted[-1][0]
+    # the intervals the step leapt over carry the flag alone, and no other interval carries it
+    # (the meter's telegrams during the catch-up go to intervals the node measured)
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + 6, t0 + 9)), (leapt, n.leaps)
+    assert all(("clock_leapt" in [x[0] for x in r]) == (t in leapt) for t, r in n.emitted)
+
+
+def test_a_long_leap_is_flagged_whole_while_the_meter_talks():
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+
+    def frame(shift_ms):
+        def f():
+            n.on_frame(time_frame(DAY0 + ticks.ms - 1000 + shift_ms))
+        return f
+    # forward 30 s, then back 6 s (as hil_tests/test_faults_node.py's gateway does)
+    _energy_run(n, ticks, 20, {5: frame(30000), 10: frame(24000)})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + 6, t0 + 35)), leapt
 
 
 def test_interval_clock_is_exact_across_ticks_wrap_and_a_day():
