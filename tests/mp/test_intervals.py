@@ -93,6 +93,11 @@ def time_frame(ms):
     return link.encode_frame(binascii.unhexlify(KEY), link.TIME, "n1", _gw_seq[0], ms)[:-1]
 
 
+def step(n, ticks, shift_ms):
+    """A time frame from a gateway whose clock is shift_ms ahead of the node's."""
+    n.on_frame(time_frame(DAY0 + ticks.ms - 1000 + shift_ms))
+
+
 def crc16(data):
     crc = 0
     for b in data:
@@ -218,9 +223,7 @@ def test_energy_step_forward_and_back_keep_every_interval_once():
     n = _node("energy", ticks, DAY0)
 
     def frame(shift_ms):
-        def f():
-            n.on_frame(time_frame(DAY0 + ticks.ms - 1000 + shift_ms))
-        return f
+        return lambda: step(n, ticks, shift_ms)
     # forward 4.5 s at 5 s, then back 6.3 s at 12 s (the gateway's clock: forward 4.5, back 1.8)
     _energy_run(n, ticks, 24, {5: frame(4500), 12: frame(4500 - 6300)})
     assert n.clock.steps == 2
@@ -239,9 +242,7 @@ def test_a_long_leap_is_flagged_whole_while_the_meter_talks():
     n = _node("energy", ticks, DAY0)
 
     def frame(shift_ms):
-        def f():
-            n.on_frame(time_frame(DAY0 + ticks.ms - 1000 + shift_ms))
-        return f
+        return lambda: step(n, ticks, shift_ms)
     # forward 30 s, then back 6 s (as hil_tests/test_faults_node.py's gateway does)
     _energy_run(n, ticks, 20, {5: frame(30000), 10: frame(24000)})
     t0 = _grid(DAY0)
