@@ -643,6 +643,17 @@ class Intervals:
             n.emit(n.epoch_s(self.start), records)
         self.start = n.next_interval(self.start)
 
+    def end_us(self, prev_us):
+        """Its end in ticks_us, never before prev_us (a step forward leaves the leapt intervals
+        no time on the board), and how many ms ago that was."""
+        n = self.node
+        now_us = time.ticks_us()
+        late = n.clock.since_ms(n.next_interval(self.start))
+        d = time.ticks_diff(now_us, prev_us) // 1000
+        if 0 <= d < late:
+            late = d
+        return time.ticks_add(now_us, -late * 1000), late
+
     def leapt(self):
         """Close it with the leapt flag if a clock step leapt over it: True then."""
         if not self.node.leapt(self.start):

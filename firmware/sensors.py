@@ -4,22 +4,7 @@ import asyncio
 import time
 
 import board
-from cbor import Decimal
-
-
-def noise_records(quantities, levels):
-    return [(q, "dB", round(v, 2)) for q, v in zip(quantities, levels)]
-
-
-def energy_records(exact):
-    """EnergyInterval.take(exact=True) -> records; values in thousandths go on the link as decimal
-    fractions, so no 32-bit float rounds a meter's counter."""
-    return [(n, u, v if u == "count" else Decimal(v, -3)) for n, u, v in exact]
-
-
-def traffic_records(records):
-    # a board's float holds about 7 digits: 3 decimals keep km/h and % as measured
-    return [(n, u, round(v, 3) if isinstance(v, float) else v) for n, u, v in records]
+from records import energy_records, noise_records, traffic_records
 
 
 def _noise_meter(cfg):
@@ -118,8 +103,7 @@ async def traffic(node):
     lanes = cfg.get("lanes", 1)
     ring = EdgeRing(256)
     iv = Intervals(node)
-    clock = node.clock
-    end_us = time.ticks_add(time.ticks_us(), -clock.since_ms(iv.start) * 1000)
+    end_us = time.ticks_add(time.ticks_us(), -node.clock.since_ms(iv.start) * 1000)
     det = Loops(lanes, cfg.get("loop_length", 2.0), cfg.get("loop_spacing", 4.0),
                 min_speed=cfg.get("min_speed", 5.0), start_us=end_us)
     pins = node.hw.loop_inputs(lanes, ring)  # noqa: F841 (kept alive: their IRQs fill the ring)
@@ -132,15 +116,8 @@ async def traffic(node):
             if iv.leapt():
                 continue
             if close_ms is None:
-                # its end in ticks_us, never before the last one's (a step forward leaves
-                # the leapt intervals no time on the board); it closes once its last vehicle
-                # can have reached loop B (Loops.grace_us later)
-                now_us = time.ticks_us()
-                late = clock.since_ms(node.next_interval(iv.start))
-                d = time.ticks_diff(now_us, end_us) // 1000
-                if 0 <= d < late:
-                    late = d
-                end_us = time.ticks_add(now_us, -late * 1000)
+                # it closes once its last vehicle can have reached loop B (grace_us later)
+                end_us, late = iv.end_us(end_us)
                 close_ms = time.ticks_add(time.ticks_ms(), det.grace_us // 1000 - late)
             if time.ticks_diff(time.ticks_ms(), close_ms) < 0:
                 break

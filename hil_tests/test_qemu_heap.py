@@ -52,15 +52,18 @@ m.take()
 while not m.heard():  # to just after a level read (within 16 samples)
     m.feed(mic, 16)
 m.take()
+iv = node.Intervals(n)
 def noise_block():
     for i in range(3):  # 768 samples, no level read among them
         m.feed(mic, 256)
-        n.interval_start()
+        iv.ended() and iv.leapt()  # the pipeline's reads of the clock after a block
+        iv.ended()
 print("noise_block", locked(noise_block), int(m.heard()))
 def noise_level():
     for i in range(9):  # 2304 samples: a 125 ms level read (2000 samples) completes in them
         m.feed(mic, 256)
-        n.interval_start()
+        iv.ended() and iv.leapt()
+        iv.ended()
 print("noise_level", locked(noise_level), int(m.heard()))
 
 import p1, energy
