@@ -63,9 +63,9 @@ async def energy(node):
     while True:
         # intervals close on the clock, whether or not the meter is talking; a catch-up waits
         # for the buffered telegrams unless the meter stays quiet for an interval
-        seen = agg.seen
+        seen = p1.telegrams  # valid ones, ever (agg.seen restarts at each interval)
         await asyncio.sleep_ms(200)
-        quiet = 0 if agg.seen != seen else quiet + 200
+        quiet = 0 if p1.telegrams != seen else quiet + 200
         while iv.ended():
             if iv.leapt():
                 continue

@@ -251,19 +251,21 @@ def test_a_long_leap_is_flagged_whole_while_the_meter_talks():
     assert leapt == list(range(t0 + 6, t0 + 35)), leapt
 
 
-def test_interval_clock_is_exact_across_ticks_wrap_and_a_day():
+def test_interval_clock_is_exact_across_ticks_wrap_a_slew_and_a_day():
     ticks = Ticks(PERIOD - 30000)  # the ticks wrap 30 s in
     n = _node("energy", ticks, DAY0 + 250, interval=60)
     opened = []
     s = n.interval_start()
-    for _ in range(24 * 3600 * 4):  # a day in 250 ms steps
+    for i in range(24 * 3600 * 4):  # a day in 250 ms steps
         ticks.add(250)
+        if i == 3600 * 4:  # an hour in, the gateway's clock is 1.5 s ahead: slewed in
+            n.on_frame(time_frame(n.epoch_ms() + 1500))
         now = n.interval_start()
         while s != now:
             opened.append(n.epoch_s(s))
             s = n.next_interval(s)
     assert opened == list(range(DAY0 // 1000, DAY0 // 1000 + 86400, 60)), (opened[:3], opened[-3:])
-    assert n.epoch_ms() == DAY0 + 250 + 86400000
+    assert n.clock.steps == 0 and n.epoch_ms() == DAY0 + 250 + 86400000 + 1500, n.epoch_ms()
 
 
 if __name__ == "__main__":
