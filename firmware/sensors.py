@@ -59,17 +59,17 @@ async def energy(node):
         agg.add(values, have)
     p1.on_telegram = telegram
     asyncio.create_task(_read_p1(node, line or p1))
-    quiet = 0  # ms of a catch-up without a telegram
+    waited = 0  # ms a catch-up has waited for the telegrams the UART buffered
     while True:
         # intervals close on the clock, whether or not the meter is talking; a catch-up waits
-        # for the buffered telegrams unless the meter stays quiet for an interval
-        seen = p1.telegrams  # valid ones, ever (agg.seen restarts at each interval)
+        # up to an interval for the buffered telegrams (they close the late intervals one
+        # each), then closes the rest on the clock: the lag stays within an interval
         await asyncio.sleep_ms(200)
-        quiet = 0 if p1.telegrams != seen else quiet + 200
+        waited = waited + 200 if iv.ended() and iv.late() else 0
         while iv.ended():
             if iv.leapt():
                 continue
-            if iv.late() and quiet < node.interval * 1000:
+            if iv.late() and waited < node.interval * 1000:
                 break
             iv.close(energy_records(agg.take(exact=True)))
 
