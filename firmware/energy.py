@@ -34,9 +34,11 @@ class EnergyInterval:
         self._sum = [0] * n  # counters: last value; means: sum (milli-units, exact integers)
         self._count = [0] * n
         self._rejected = reader.rejected()
+        self.seen = 0  # valid telegrams in the interval
         reader.on_telegram = self.add
 
     def add(self, values, have):
+        self.seen += 1
         s = self._sum
         c = self._count
         for _name, _unit, f, how in QUANTITIES:
@@ -57,6 +59,7 @@ class EnergyInterval:
         up), for encoders that must not pass a 9-digit counter through a 32-bit float.
         """
         out = []  # type: list
+        self.seen = 0
         s = self._sum
         c = self._count
         for name, unit, f, how in QUANTITIES:

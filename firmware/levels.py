@@ -16,7 +16,10 @@ class Histogram:
         self.n = 0
 
     def add(self, level):
-        k = int(level * 10.0 + 0.5) if level >= 0 else -int(-level * 10.0 + 0.5)
+        self.add_tenths(int(level * 10.0 + 0.5) if level >= 0 else -int(-level * 10.0 + 0.5))
+
+    def add_tenths(self, k):
+        """A reading in tenths of a dB: small ints only."""
         if k < LO:
             k = LO
         elif k > HI:

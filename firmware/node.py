@@ -30,6 +30,9 @@ STEP_MS = const(2000)  # a clock error beyond this is stepped, a smaller one sle
 SLEW_SHIFT = const(8)  # slew by at most 1/256 of the time elapsed (3.9 ms per second)
 PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
 CRASH_BOOTS = const(3)
+LEAP_FILL = const(120)  # a step forward fills at most this many leapt intervals (docs/node.md)
+SPAN = const(0x1FFFFFFF)  # clock seconds kept within small ints either side of the base
+LEAPT = [("clock_leapt", "count", 1)]  # the record of an interval the clock stepped over
 RX_FRAME = const(256)  # the longest downlink frame kept (COBS bytes)
 
 
@@ -93,21 +96,27 @@ class Sequence:
 
 
 class Clock:
-    """Wall-clock milliseconds carried forward on the board's ticks. set() slews an error up to
-    STEP_MS (the clock never runs backwards for drift) and steps a larger one."""
+    """Wall-clock time carried forward on the board's ticks, kept as whole seconds since a base
+    (the epoch second at boot) and the milliseconds into the second, so that every read is
+    small-int arithmetic on a 32-bit port: epoch ms (1.7e12) and even epoch seconds (1.7e9) are
+    beyond its 31-bit small ints. set() slews an error up to STEP_MS (the clock never runs
+    backwards for drift) and steps a larger one."""
 
     def __init__(self, epoch_ms, ticks_ms=time.ticks_ms):
         self.ticks_ms = ticks_ms
         self.t = ticks_ms()
-        self.epoch = epoch_ms
+        self.base = epoch_ms // 1000  # a big int on 32 bits: read once an interval, at emit
+        self.sec = 0  # seconds since base
+        self.ms = epoch_ms - self.base * 1000  # 0..999 into the second
         self.slew = 0  # ms still to be slewed in
         self.acc = 0  # ms elapsed not yet slewed over
         self.steps = 0
         self.synced = False
 
-    def now_ms(self):
+    def tick(self):
+        """Carry the clock forward to the board's ticks: the seconds since base."""
         t = self.ticks_ms()
-        d = time.ticks_diff(t, self.t)
+        d = time.ticks_diff(t, self.t)  # re-anchored on every read: the ticks wrap never shows
         self.t = t
         if self.slew:
             self.acc += d
@@ -117,8 +126,21 @@ class Clock:
                 a = -m if self.slew < -m else (m if self.slew > m else self.slew)
                 self.slew -= a
                 d += a
-        self.epoch += d
-        return self.epoch
+        ms = self.ms + d
+        if ms >= 1000:
+            s = ms // 1000
+            self.sec += s
+            ms -= s * 1000
+        self.ms = ms
+        return self.sec
+
+    def since_ms(self, s):
+        """Milliseconds from second s (since base, not days back) to the last tick."""
+        return (self.sec - s) * 1000 + self.ms
+
+    def now_ms(self):
+        self.tick()
+        return (self.base + self.sec) * 1000 + self.ms
 
     def set(self, true_ms):
         """Take the gateway's time: the step in ms, 0 when the error is slewed in."""
@@ -128,7 +150,10 @@ class Clock:
             self.slew = err
             self.acc = 0
             return 0
-        self.epoch += err
+        ms = self.ms + err
+        s = ms // 1000
+        self.sec += s
+        self.ms = ms - s * 1000
         self.slew = 0
         self.steps += 1
         return err
@@ -167,7 +192,10 @@ class Node:
         self._load_epoch()
         self.store = Store("store.d", cfg.get("store_segments", 96))
         self.clock = Clock(hw.epoch_ms(), ticks_ms)
-        self.floor = _read_int("floor")  # no interval may start before one already opened
+        # no interval may start before one already opened (seconds since the clock's base)
+        self.floor = min(max(_read_int("floor") - self.clock.base, -SPAN), SPAN)
+        self._phase = self.clock.base % self.interval
+        self.leaps = []  # (first, end of the filled ones, end): interval starts a step leapt
         self.ticks_ms = ticks_ms
         self.started = ticks_ms()
         self.resends = 0
@@ -256,23 +284,50 @@ class Node:
     def epoch_ms(self):
         return self.clock.now_ms()
 
-    def interval_start(self, now_s=None):
-        """The start of the interval in progress. Never earlier than one already opened: after
-        the clock steps back, the open interval runs on until the clock passes its end."""
-        if now_s is None:
-            now_s = self.clock.now_ms() // 1000
-        s = now_s - now_s % self.interval
+    def interval_start(self):
+        """The start of the interval in progress, in seconds since the clock's base: a small
+        int, cheap enough for every block a pipeline reads (epoch_s turns it into the record's
+        t). Never earlier than one already opened: after the clock steps back, the open
+        interval runs on until the clock passes its end."""
+        s = self.clock.tick()
+        s -= (s + self._phase) % self.interval
         if s < self.floor:
             return self.floor
         self.floor = s
         return s
 
+    def next_interval(self, s):
+        """The start of the interval after the one starting at s (past a step's unfilled leap)."""
+        n = s + self.interval - (s + self._phase) % self.interval
+        for _lo, cap, hi in self.leaps:
+            if cap <= n < hi:
+                return hi
+        return n
+
+    def epoch_s(self, s):
+        return self.clock.base + s
+
+    def leapt(self, s):
+        """Whether a clock step forward leapt over the interval starting at s."""
+        for lo, cap, _hi in self.leaps:
+            if lo <= s < cap:
+                return True
+        return False
+
     def set_time(self, ms):
+        was = self.interval_start()
         step = self.clock.set(ms)
         if step:
             self.hw.set_epoch_ms(self.clock.now_ms())  # the RTC keeps it over a reset
             if step < 0:
-                _write_int("floor", self.floor)  # a reboot must not reopen earlier intervals
+                # a reboot must not reopen earlier intervals
+                _write_int("floor", self.epoch_s(self.floor))
+            else:
+                lo = self.next_interval(was)
+                hi = self.interval_start()
+                if lo < hi:  # every task closes these in turn, flagged (docs/node.md, "Clock")
+                    self.leaps.append((lo, min(hi, lo + LEAP_FILL * self.interval), hi))
+                    del self.leaps[:-4]
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go
 
@@ -354,6 +409,7 @@ class Node:
         op = body.get("op")
         if op == "interval" and isinstance(body.get("value"), int) and body["value"] > 0:
             self.interval = body["value"]
+            self._phase = self.clock.base % self.interval
         elif op == "reboot":
             self.reboot_requested = True
         elif op == "calibration" and isinstance(body.get("value"), (int, float)):
@@ -508,7 +564,7 @@ class Node:
     # --- housekeeping ----------------------------------------------------------------------
     async def housekeeping(self):
         cfg = self.cfg
-        start = self.interval_start()
+        iv = Intervals(self)
         last_progress = self.progress
         stalled_ms = 0
         stall_ms = cfg.get("stall_ms", 3 * self.interval * 1000 + 10000)
@@ -536,11 +592,10 @@ class Node:
             if self.reboot_requested:
                 await asyncio.sleep_ms(200)
                 self.hw.reset()
-            now = self.interval_start()
-            if now != start:
-                self.emit(start, self.health())
-                start = now
+            while iv.ended():  # health is a state: each interval passed gets it, leapt or not
+                iv.close(self.health())  # (the pipeline flags a leapt one, once)
                 gc.collect()
+                await asyncio.sleep_ms(0)
 
     async def main(self, pipeline):
         link_cfg = self.cfg.get("link", {})
@@ -562,6 +617,49 @@ class Node:
             while True:  # link-only: health from housekeeping, the store drains
                 await asyncio.sleep_ms(60000)
         await pipeline(self)
+
+
+class Intervals:
+    """One task's walk over the node's intervals: each closes in turn, once, under its own start
+    (a stalled task catches up; docs/node.md, "Clock")."""
+
+    def __init__(self, node):
+        self.node = node
+        self.start = node.interval_start()
+
+    def ended(self):
+        """The oldest interval not yet closed has ended."""
+        return self.start < self.node.interval_start()
+
+    def late(self):
+        """More than that one has ended."""
+        n = self.node
+        return n.next_interval(self.start) < n.interval_start()
+
+    def close(self, records):
+        """Close the oldest ended interval, emitting records unless None."""
+        n = self.node
+        if records is not None:
+            n.emit(n.epoch_s(self.start), records)
+        self.start = n.next_interval(self.start)
+
+    def end_us(self, prev_us):
+        """Its end in ticks_us, never before prev_us (a step forward leaves the leapt intervals
+        no time on the board), and how many ms ago that was."""
+        n = self.node
+        now_us = time.ticks_us()
+        late = n.clock.since_ms(n.next_interval(self.start))
+        d = time.ticks_diff(now_us, prev_us) // 1000
+        if 0 <= d < late:
+            late = d
+        return time.ticks_add(now_us, -late * 1000), late
+
+    def leapt(self):
+        """Close it with the leapt flag if a clock step leapt over it: True then."""
+        if not self.node.leapt(self.start):
+            return False
+        self.close(LEAPT)
+        return True
 
 
 def save_config(cfg, path="node.json"):

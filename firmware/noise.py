@@ -59,7 +59,11 @@ _K1M = const(41)  # Fast weighting per sub-block: F = F * K1 + E * K2; K = KM * 
 _K1E = const(42)
 _K2M = const(43)
 _K2E = const(44)
-_NST = const(45)
+_A0 = const(45)  # the interval's completed blocks' sum of squares = A2 * 2**56 + A1 * 2**28 + A0
+_A1 = const(46)
+_A2 = const(47)
+_NST = const(48)
+_C2 = const(123302)  # 100 log10(2) in 2**-12: the dB tenths of one binary order of magnitude
 
 _TAU = 0.125  # s, time weighting F
 # A 0 B FS of the squared signal z = y >> 3 is 2**25 (the raw word's 2**31 / 2**6).
@@ -351,8 +355,13 @@ class NoiseMeter:
         self._k = (-_Z_FS_DB - 20.0 * math.log10(aweight.gain(q, 1000.0, rate))
                    + _SINE_DB - sensitivity_dbfs + 94.0 + offset_db)
         self._hist = Histogram()
+        # 100 log10(1 + j/64) in 2**-12, j = 0..64: a reading's histogram bin in integers
+        self._log = t = array("i", range(65))  # no temporary list: the heap is tight here
+        for j in range(65):
+            t[j] = int(4096 * 100 * math.log10(1 + j / 64) + 0.5)
+        self._kq = round(4096 * 10 * self._k)
+        self._low = round(10 * self._db(0.0))  # _db's floor (a mean square of 1e-3)
         self._warm = False
-        self._acc = 0      # energy of the interval's completed blocks
         self._taken = 0    # energy of the current block already counted by take()
         self._n = 0        # samples in the interval
 
@@ -361,17 +370,35 @@ class NoiseMeter:
 
     def _block(self):
         st = self._st
-        e = (st[_B2] << 56) + (st[_B1] << 28) + st[_B0]
-        st[_B0] = st[_B1] = st[_B2] = 0
-        self._acc += e
         if not self._warm:
             # The Fast level starts from the first block's mean, not from silence.
+            e = (st[_B2] << 56) + (st[_B1] << 28) + st[_B0]
             self._warm = True
             st[_FM], st[_FE] = _soft(e / (self._nsub * self._nblk))
             st[_XM] = st[_NM] = st[_FM]
             st[_XE] = st[_NE] = st[_FE]
             st[_MSET] = 1
-        self._hist.add(self._db(st[_FM] * 2.0 ** st[_FE]))
+        # every 125 ms: small ints only, nothing allocated on a 32-bit port (no big int, no
+        # float); the interval's energy is summed in 28-bit limbs
+        a = st[_A0] + st[_B0]
+        b = st[_A1] + st[_B1] + (a >> 28)
+        st[_A0] = a & 0xFFFFFFF
+        st[_A1] = b & 0xFFFFFFF
+        st[_A2] += st[_B2] + (b >> 28)
+        st[_B0] = st[_B1] = st[_B2] = 0
+        self._hist.add_tenths(self._tenths(st[_FM], st[_FE]))
+
+    def _tenths(self, fm, fe):
+        """10 x the level in dB of the mean square fm * 2**fe (fm in [2**29, 2**30), or 0),
+        rounded, as round(10 * _db(fm * 2**fe)) but in integers: the log's mantissa by linear
+        interpolation in a 65-entry table (error below 2e-4 dB)."""
+        if fm <= 0:
+            return self._low
+        j = (fm >> 23) - 64
+        r = (fm >> 13) & 1023
+        t = self._log
+        v = (_C2 * (fe + 29) + t[j] + (((t[j + 1] - t[j]) * r) >> 10) + self._kq + 2048) >> 12
+        return v if v > self._low else self._low
 
     def feed(self, buf, n):
         """Process n samples from buf: a bytearray/memoryview of raw I2S RX data as
@@ -387,15 +414,19 @@ class NoiseMeter:
                 self._block()
         self._n += n
 
+    def heard(self):
+        """Whether the interval holds a complete 125 ms level reading."""
+        return self._hist.n > 0
+
     def take(self):
         """Close the interval: return (LAeq, LAFmax, LAFmin, LA10, LA50, LA90) as floats in dB, or
         None if no complete 125 ms block was seen; reset for the next interval. Filter state
         carries over (it is one continuous signal)."""
         st = self._st
         part = ((st[_B2] << 56) + (st[_B1] << 28) + st[_B0] + (st[_SHI] << 28) + st[_SLO])
-        energy = self._acc + part - self._taken
+        energy = (st[_A2] << 56) + (st[_A1] << 28) + st[_A0] + part - self._taken
         self._taken = part
-        self._acc = 0
+        st[_A0] = st[_A1] = st[_A2] = 0
         n = self._n
         self._n = 0
         h = self._hist

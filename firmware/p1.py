@@ -194,16 +194,21 @@ def _clock(buf, i, k):
     # since 2000-01-01 UTC; -1 if malformed. Only differences matter to the node.
     if k - i != 13:
         return -1
-    f = [_digits(buf, i + 2 * n, i + 2 * n + 2) for n in range(6)]
-    if min(f) < 0 or not 1 <= f[1] <= 12:
+    # each field on its own, no list: a telegram is parsed without allocating (issue 14)
+    y = _digits(buf, i, i + 2)
+    mo = _digits(buf, i + 2, i + 4)
+    d = _digits(buf, i + 4, i + 6)
+    h = _digits(buf, i + 6, i + 8)
+    mi = _digits(buf, i + 8, i + 10)
+    sec = _digits(buf, i + 10, i + 12)
+    if y < 0 or d < 0 or h < 0 or mi < 0 or sec < 0 or not 1 <= mo <= 12:
         return -1
-    y, mo = f[0], f[1]
     # days since 2000-01-01 (years 2000-2099: every fourth year is a leap year)
-    days = 365 * y + (y + 3) // 4 + _CUM[mo - 1] + f[2] - 1
+    days = 365 * y + (y + 3) // 4 + _CUM[mo - 1] + d - 1
     if mo > 2 and y % 4 == 0:
         days += 1
     off = 7200 if buf[k - 1] == 0x53 else 3600
-    return days * 86400 + f[3] * 3600 + f[4] * 60 + f[5] - off
+    return days * 86400 + h * 3600 + mi * 60 + sec - off
 
 
 def _digits(buf, i, k):

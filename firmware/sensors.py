@@ -1,24 +1,10 @@
-# One pipeline per sensor kind: read the hardware, close a record set at each interval boundary.
+# One pipeline per sensor kind: read the hardware, close a record set for every interval, each
+# in turn under its own start, however late the task runs (docs/node.md, "Clock").
 import asyncio
 import time
 
 import board
-from cbor import Decimal
-
-
-def noise_records(quantities, levels):
-    return [(q, "dB", round(v, 2)) for q, v in zip(quantities, levels)]
-
-
-def energy_records(exact):
-    """EnergyInterval.take(exact=True) -> records; values in thousandths go on the link as decimal
-    fractions, so no 32-bit float rounds a meter's counter."""
-    return [(n, u, v if u == "count" else Decimal(v, -3)) for n, u, v in exact]
-
-
-def traffic_records(records):
-    # a board's float holds about 7 digits: 3 decimals keep km/h and % as measured
-    return [(n, u, round(v, 3) if isinstance(v, float) else v) for n, u, v in records]
+from records import energy_records, noise_records, traffic_records
 
 
 def _noise_meter(cfg):
@@ -29,6 +15,7 @@ def _noise_meter(cfg):
 
 
 async def noise(node, meter=None):
+    from node import Intervals  # loaded by the node already; replay uses the records alone
     cfg = node.cfg
     rate = cfg.get("rate", board.MIC_RATE)
     if meter is None:
@@ -36,37 +23,55 @@ async def noise(node, meter=None):
     reader = asyncio.StreamReader(node.hw.microphone(rate))
     buf = bytearray(1024)  # 5 ms at 48 kHz; the I2S driver's DMA buffers (ibuf) hold the rest
     mv = memoryview(buf)
-    start = node.interval_start()
+    iv = Intervals(node)
     whole = False  # the first, partial interval after boot is not reported
     while True:
         n = await reader.readinto(mv)
         if n:
             meter.feed(mv, n // 4)
             node.progress += 1
-        now = node.interval_start()
-        if now != start:
+        # an ended interval closes once it holds a whole 125 ms level reading: after a stall
+        # each late one takes the next block read (the microphone's buffer, then new sound)
+        while iv.ended() and iv.leapt():  # the intervals a clock step leapt over: flagged
+            pass
+        if iv.ended() and (meter.heard() or not whole):
             levels = meter.take()
-            if whole and levels:
-                node.emit(start, noise_records(meter.QUANTITIES, levels))
-            start = now
+            iv.close(noise_records(meter.QUANTITIES, levels) if whole and levels else None)
             whole = True
 
 
 async def energy(node):
+    from node import Intervals
     from energy import EnergyInterval
     from p1 import P1Reader
     p1 = P1Reader()
     line = _p1_cipher(node.cfg, p1)
     agg = EnergyInterval(p1, line)
+    iv = Intervals(node)
+
+    def telegram(values, have):
+        # a telegram read after the oldest open interval ended, once that one has one, is the
+        # next one's: after a stall, the UART's buffered telegrams go one to each late interval
+        while iv.ended() and iv.leapt():  # no telegram goes to an interval the clock leapt
+            pass
+        if iv.ended() and agg.seen:
+            iv.close(energy_records(agg.take(exact=True)))
+        agg.add(values, have)
+    p1.on_telegram = telegram
     asyncio.create_task(_read_p1(node, line or p1))
-    start = node.interval_start()
+    waited = 0  # ms a catch-up has waited for the telegrams the UART buffered
     while True:
-        # intervals close on the clock, whether or not the meter is talking
+        # intervals close on the clock, whether or not the meter is talking; a catch-up waits
+        # up to an interval for the buffered telegrams (they close the late intervals one
+        # each), then closes the rest on the clock: the lag stays within an interval
         await asyncio.sleep_ms(200)
-        now = node.interval_start()
-        if now != start:
-            node.emit(start, energy_records(agg.take(exact=True)))
-            start = now
+        waited = waited + 200 if iv.ended() and iv.late() else 0
+        while iv.ended():
+            if iv.leapt():
+                continue
+            if iv.late() and waited < node.interval * 1000:
+                break
+            iv.close(energy_records(agg.take(exact=True)))
 
 
 def _p1_cipher(cfg, reader):
@@ -92,32 +97,33 @@ async def _read_p1(node, p1):
 
 
 async def traffic(node):
+    from node import Intervals
     from loops import EdgeRing, Loops
     cfg = node.cfg
     lanes = cfg.get("lanes", 1)
     ring = EdgeRing(256)
-    start = node.interval_start()
-    start_us = time.ticks_add(time.ticks_us(), -(node.epoch_ms() - start * 1000) * 1000)
+    iv = Intervals(node)
+    end_us = time.ticks_add(time.ticks_us(), -node.clock.since_ms(iv.start) * 1000)
     det = Loops(lanes, cfg.get("loop_length", 2.0), cfg.get("loop_spacing", 4.0),
-                min_speed=cfg.get("min_speed", 5.0), start_us=start_us)
+                min_speed=cfg.get("min_speed", 5.0), start_us=end_us)
     pins = node.hw.loop_inputs(lanes, ring)  # noqa: F841 (kept alive: their IRQs fill the ring)
-    pending = []  # (interval start, its end in ticks_us, when it may close in ticks_ms)
+    close_ms = None  # when the oldest ended interval may close, in ticks_ms
     while True:
         await asyncio.sleep_ms(100)
         det.drain(ring)
         node.progress += 1
-        now = node.interval_start()
-        if now != start:
-            # the boundary in ticks; the interval closes once its last vehicle can have reached
-            # loop B (Loops.grace_us later)
-            late_us = (node.epoch_ms() - now * 1000) * 1000
-            end_us = time.ticks_add(time.ticks_us(), -late_us)
-            pending.append((start, end_us, time.ticks_add(time.ticks_ms(), det.grace_us // 1000)))
-            start = now
-        while pending and time.ticks_diff(time.ticks_ms(), pending[0][2]) >= 0:
-            t, end_us, _ = pending.pop(0)
+        while iv.ended():
+            if iv.leapt():
+                continue
+            if close_ms is None:
+                # it closes once its last vehicle can have reached loop B (grace_us later)
+                end_us, late = iv.end_us(end_us)
+                close_ms = time.ticks_add(time.ticks_ms(), det.grace_us // 1000 - late)
+            if time.ticks_diff(time.ticks_ms(), close_ms) < 0:
+                break
             det.drain(ring)
-            node.emit(t, traffic_records(det.take(end_us)))
+            iv.close(traffic_records(det.take(end_us)))
+            close_ms = None
 
 
 # the modules each pipeline imports, loaded by pipeline(kind, load=True)

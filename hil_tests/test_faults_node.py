@@ -236,10 +236,13 @@ def test_clock_jump_from_gateway(make_rig):
     check_counters(c, events=0)
     ts = series(produced, DATA)
     # an interval never repeats and never runs backwards; the one leap is the forward step (the
-    # intervals the clock leapt over passed on no clock); the step back only lengthens one
+    # intervals the clock leapt over passed on no clock, so they carry no reading but the
+    # clock_leapt flag, each once); the step back only lengthens one
     assert ts == sorted(set(ts)), ts
     g = gaps(ts, 1)
     assert len(g) == 1 and 25 <= g[0][1] - g[0][0] <= 35, g
+    leapt = sorted(int(t) for (n, t) in rig.stats.records if n == rig.base + "clock_leapt")
+    assert leapt == list(range(g[0][0] + 1, g[0][1])), (leapt, g)
     assert max(h["clock_steps"] for h in rig.health()) == 2
     at_broker = sorted(t for (n, t) in rig.stats.records if n == rig.base + DATA)
     assert at_broker[:len(ts)] == ts

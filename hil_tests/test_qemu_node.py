@@ -20,9 +20,6 @@ pytestmark = [pytest.mark.qemu, pytest.mark.mosquitto, pytest.mark.unixport]  # 
 WRAP_IN = 8.0
 
 
-# alone: 1 s intervals across the wrap on a board whose pipeline a loaded host can stall past a
-# boundary, merging two intervals (issue 14 item 5, open); a fresh-clone run on 3 workers saw it
-@pytest.mark.alone
 def test_energy_node_runs_across_the_ticks_wrap(mosquitto, tmp_path):
     reg, cfg = tmp_path / "nodes.json", tmp_path / "e1.json"
     subprocess.run([SENSORCITY, "provision", "--node-id", "e1", "--sensor", "energy",

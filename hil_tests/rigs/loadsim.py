@@ -148,13 +148,14 @@ class Stats:
     acked: set = None
     arrived: dict = None       # (node, t) -> first arrival at the subscriber
     records: collections.Counter = None  # (name, t) -> times received
+    values: dict = None  # (name, t) -> the values received for it
     resends: int = 0
     connects: int = 0
     node_rejects: int = 0
     rss_max_kb: int = 0
 
     def __post_init__(self):
-        self.emitted, self.acked, self.arrived = {}, set(), {}
+        self.emitted, self.acked, self.arrived, self.values = {}, set(), {}, {}
         self.records = collections.Counter()
 
 
@@ -186,6 +187,7 @@ class Subscriber:
                 base, _, q = r.n.rpartition(":")
                 node = base.rsplit("sensorcity-", 1)[-1]
                 self.stats.records[(r.n, r.t)] += 1
+                self.stats.values.setdefault((r.n, r.t), set()).add(r.v)
                 self.stats.arrived.setdefault((node, int(r.t)), now)
 
     def stop(self) -> None:

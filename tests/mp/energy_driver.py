@@ -1,8 +1,8 @@
 # The node's energy pipeline (sensors.energy) on a P1 line fed from a file, under the unix port:
 # `energy_driver.py FILE CONFIG-JSON CHUNK SIZES-JSON` prints one JSON line per emitted interval,
-# [t, records]. The node and its UART are stand-ins with the interfaces the pipeline uses; an
-# interval closes on every 5th clock check (the pipeline checks every 200 ms), and the k-th piece
-# of the file (SIZES) goes down the line at the start of interval k, so interval k holds it.
+# [t, records]. The node and its UART are stand-ins with the interfaces the pipeline uses; the
+# driver moves the clock to interval k, waits until the pipeline has closed interval k - 1, and
+# then sends the k-th piece of the file (SIZES) down the line, so interval k holds it.
 import asyncio
 import io
 import json
@@ -48,13 +48,23 @@ class Node:
         self.cfg = cfg
         self.hw = Hw(line)
         self.progress = 0
-        self.checks = 0
+        self.now = 0  # the interval in progress, moved by the driver
+        self.closed = 0
 
     def interval_start(self):
-        self.checks += 1
-        return self.checks // 5
+        return self.now
+
+    def next_interval(self, s):
+        return s + 1
+
+    def epoch_s(self, s):
+        return s
+
+    def leapt(self, s):
+        return False
 
     def emit(self, t, records):
+        self.closed += 1
         # values as text: a count as it is, a cbor.Decimal as "m e"
         print(json.dumps([t, [(n, u, "%d %d" % (v.m, v.e) if hasattr(v, "m") else str(v))
                               for n, u, v in records]]))
@@ -65,11 +75,14 @@ async def main(path, cfg, chunk, sizes):
         line = Line(f.read(), chunk)
     node = Node(cfg, line)
     task = asyncio.create_task(sensors.pipeline("energy", cfg)(node))
+    await asyncio.sleep_ms(0)  # the pipeline opens interval 0
     for k, size in enumerate(sizes + [0]):
-        while node.checks // 5 < k:  # interval k has begun (the node counts its own checks)
+        node.now = k
+        while node.closed < k:  # interval k - 1 closed
             await asyncio.sleep_ms(20)
         line.end += size
-    while node.checks // 5 <= len(sizes):  # interval k - 1 closed
+    node.now = len(sizes) + 1
+    while node.closed <= len(sizes):
         await asyncio.sleep_ms(20)
     task.cancel()
 

@@ -8,6 +8,7 @@ import time
 
 import link
 import node
+from fakeboard import Board
 
 KEY = "00112233445566778899aabbccddeeff"
 DAY0 = 1767225600000  # 2026-01-01T00:00:00Z in ms
@@ -19,24 +20,6 @@ class Ticks:
 
     def __call__(self):
         return self.ms
-
-
-class Board:
-    def __init__(self, epoch_ms):
-        self.rtc = epoch_ms
-        self.resets = 0
-
-    def epoch_ms(self):
-        return self.rtc
-
-    def set_epoch_ms(self, ms):
-        self.rtc = ms
-
-    def free_heap(self):
-        return 1000
-
-    def reset(self):
-        self.resets += 1
 
 
 def _fresh_dir():
@@ -84,22 +67,24 @@ def test_large_error_is_stepped():
     assert c.now_ms() == DAY0 + 3600000 and c.steps == 1
 
 
-def _run(n, board, ticks, seconds, jumps, opened=None):
-    """Drive a pipeline's interval loop once a second; jumps: {second: gateway time in ms};
-    opened gets {second: the interval open when that time frame came}."""
+def _run(n, board, ticks, seconds, jumps, opened=None, leapt=None):
+    """Drive a pipeline's interval walk once a second; jumps: {second: gateway time in ms};
+    opened gets {second: the interval open when that time frame came}, leapt the intervals
+    closed with the leapt flag. Times are epoch seconds."""
     out = []
-    start = n.interval_start()
+    iv = node.Intervals(n)
     for s in range(seconds):
         ticks.ms += 1000
         if s in jumps:
             if opened is not None:
-                opened[s] = start
+                opened[s] = n.epoch_s(iv.start)
             n.on_frame(time_frame(jumps[s]))
-        now = n.interval_start()
-        if now != start:
-            out.append(start)
-            start = now
-    return out, start
+        while iv.ended():
+            out.append(n.epoch_s(iv.start))
+            if n.leapt(iv.start) and leapt is not None:
+                leapt.append(out[-1])
+            iv.close(None)
+    return out, n.epoch_s(iv.start)
 
 
 def test_clock_jumps_from_the_gateway_keep_the_interval_grid():
@@ -113,17 +98,32 @@ def test_clock_jumps_from_the_gateway_keep_the_interval_grid():
              700: virtual + 700000 + 3600000 - 90000,  # back 90 s
              900: virtual + 900000 + 3600000 - 90000 + 1200}  # 1.2 s: slewed
     opened = {}
-    times, last = _run(n, board, ticks, 1200, jumps, opened)
+    leapt = []
+    times, last = _run(n, board, ticks, 1200, jumps, opened, leapt)
     assert n.rx_rejects == 0
     assert all(t % 60 == 0 for t in times)
     assert times == sorted(set(times)), "no duplicate or overlapping interval"
     gaps = [b - a for a, b in zip(times, times[1:]) if b - a != 60]
-    assert len(gaps) == 1 and gaps[0] > 3000, gaps  # only the hour that never happened
+    assert not gaps, gaps  # the hour that never happened on the node is there, flagged
+    # (the clock was still 5 min behind the held interval's end: an hour and 5 min leapt)
+    assert 60 <= len(leapt) <= 66 and leapt == list(range(leapt[0], leapt[-1] + 60, 60)), leapt
     # the interval in progress when the clock leapt forward was closed, not lost
-    assert opened[400] in times and opened[400] < times[-1]
+    assert opened[400] in times and opened[400] not in leapt and opened[400] < times[-1]
     assert n.clock.steps == 3
     # the board's RTC was set with the last step, so a reset keeps the gateway's time
     assert board.rtc == jumps[700]
+
+
+def test_a_step_beyond_the_fill_leaves_one_gap_after_the_filled_intervals():
+    _fresh_dir()
+    ticks = Ticks()
+    board = Board(DAY0 + 30000)
+    n = _node(board, ticks)
+    leapt = []
+    times, _ = _run(n, board, ticks, 600, {300: DAY0 + 30000 + 300000 + 86400000}, None, leapt)
+    gaps = [(a, b) for a, b in zip(times, times[1:]) if b - a != 60]
+    assert len(leapt) == node.LEAP_FILL and len(gaps) == 1, (len(leapt), gaps)
+    assert gaps[0][0] == leapt[-1] and gaps[0][1] - gaps[0][0] > 86400 - node.LEAP_FILL * 60 - 600, gaps
 
 
 def test_a_reboot_after_a_step_back_reopens_no_earlier_interval():
@@ -134,7 +134,7 @@ def test_a_reboot_after_a_step_back_reopens_no_earlier_interval():
     times, open_at = _run(n, board, ticks, 200, {150: DAY0 + 30000 + 150000 - 1800000})
     rebooted = _node(Board(board.rtc), Ticks())  # RTC kept the stepped-back time
     again, _ = _run(rebooted, board, Ticks(), 120, {})
-    assert rebooted.interval_start() >= open_at
+    assert rebooted.epoch_s(rebooted.interval_start()) >= open_at
     assert all(t >= open_at for t in again)
     assert not set(times) & set(again)
 

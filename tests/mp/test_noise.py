@@ -122,6 +122,27 @@ def test_rejects_what_it_cannot_measure():
     assert NoiseMeter.QUANTITIES == ("LAeq", "LAFmax", "LAFmin", "LA10", "LA50", "LA90")
 
 
+def test_a_readings_bin_in_integers_is_its_level_rounded_to_a_tenth():
+    # the 125 ms reading's histogram bin (integers only, issue 14) against 10 log10 of the mean
+    # square in floats, over 19 decades: equal but within 1e-4 dB of a bin's edge
+    m = NoiseMeter(16000, -26.0, 0.0, "ideal")
+    x = 1e-4
+    n = edge = 0
+    while x < 1e15:
+        e = math.frexp(x)[1]
+        fm, fe = int(math.frexp(x)[0] * (1 << 30)), e - 30
+        level = 10 * (10 * math.log10(fm * 2.0 ** fe) + m._k)
+        if level < 10 * (-30 + m._k):  # the meter's floor, a mean square of 1e-3
+            level = 10 * (-30 + m._k)
+        want = math.floor(level + 0.5)
+        if m._tenths(fm, fe) != want:
+            assert abs(level - math.floor(level) - 0.5) < 1e-3, (x, level, m._tenths(fm, fe))
+            edge += 1
+        n += 1
+        x *= 1.00137
+    assert n > 30000 and edge < n // 1000, (n, edge)
+
+
 import mptest  # noqa: E402
 
 mptest.run(globals())

@@ -10,7 +10,7 @@ import sys
 
 import link
 import senml
-import sensors
+from records import energy_records, noise_records, traffic_records
 
 seq = 0
 peak = 0
@@ -44,13 +44,13 @@ def noise(f, interval, opts):
         m.feed(buf, n)
         have += n
         if have == per:
-            emit(t, sensors.noise_records(m.QUANTITIES, m.take()))
+            emit(t, noise_records(m.QUANTITIES, m.take()))
             t += interval
             have = 0
     if have:
         levels = m.take()  # the last, partial interval
         if levels:
-            emit(t, sensors.noise_records(m.QUANTITIES, levels))
+            emit(t, noise_records(m.QUANTITIES, levels))
     return {}
 
 
@@ -58,6 +58,7 @@ def energy(f, interval, opts):
     from energy import EnergyInterval
     from p1 import P1Reader
     reader = P1Reader()
+    import sensors
     cipher = sensors._p1_cipher(opts, reader)  # an encrypted line, as the node's config gives it
     src = cipher or reader
     agg = EnergyInterval(reader, cipher)
@@ -65,7 +66,7 @@ def energy(f, interval, opts):
     st = {"last": None, "n": 0, "t": 0, "end": interval, "jumps": 0}
 
     def close():
-        emit(st["end"] - interval, sensors.energy_records(agg.take(exact=True)))
+        emit(st["end"] - interval, energy_records(agg.take(exact=True)))
         st["end"] += interval
 
     def on_telegram(values, have):
@@ -117,7 +118,7 @@ def traffic(f, interval, opts):
 
     def take():
         lp.drain(ring)
-        emit(st["idx"] * interval, sensors.traffic_records(lp.take(st["end"] & mask)))
+        emit(st["idx"] * interval, traffic_records(lp.take(st["end"] & mask)))
         st["idx"] += 1
         st["end"] += step
 

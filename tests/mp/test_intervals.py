@@ -1,0 +1,289 @@
+# Every interval, closed once, by the real pipelines (sensors.noise, .energy, .traffic) on a real
+# Node whose board ticks are a fake the test moves: a loop that stalls for 3.5 intervals, and
+# time frames that step the clock forward and back, must leave no interval start missing and none
+# twice (issue 14, item 5). The reference is the fake clock's own interval grid.
+import asyncio
+import binascii
+import io
+import os
+import time
+
+import fakeboard
+import link
+import node
+import sensors
+from noise import NoiseMeter
+
+KEY = "00112233445566778899aabbccddeeff"
+DAY0 = 1767225600000  # 2026-01-01T00:00:00Z in ms
+_POLL_RD = 0x0001
+_STREAM_POLL = 3
+
+
+PERIOD = time.ticks_add(0, -1) + 1  # the port's ticks period: 2**30 on a 32-bit board
+
+
+class Ticks:
+    """The board's ticks_ms, moved by the test, wrapping at the port's period."""
+
+    def __init__(self, ms=1000):
+        self.ms = ms
+
+    def __call__(self):
+        return self.ms % PERIOD
+
+    def add(self, ms):
+        self.ms += ms
+
+
+class Line(io.IOBase):
+    """A pollable stream (a UART, the I2S microphone) the test puts bytes into."""
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.on_read = None
+
+    def ioctl(self, req, arg):
+        if req == _STREAM_POLL:
+            return arg & _POLL_RD if self.buf else 0
+        return 0
+
+    def readinto(self, buf):
+        n = min(len(buf), len(self.buf))
+        buf[:n] = self.buf[:n]
+        self.buf = self.buf[n:]
+        if self.on_read:
+            self.on_read(n)
+        return n
+
+
+class Board(fakeboard.Board):
+    def __init__(self, epoch_ms):
+        super().__init__(epoch_ms)
+        self.mic = Line()
+        self.p1 = Line()
+
+    def microphone(self, rate):
+        return self.mic
+
+    def p1_uart(self, dsmr_version=5):
+        return self.p1
+
+    def loop_inputs(self, lanes, ring):
+        return []
+
+
+def _node(kind, ticks, epoch_ms, interval=1):
+    d = "/tmp/sc_iv_%d" % time.ticks_us()
+    os.mkdir(d)
+    os.chdir(d)
+    cfg = {"node_id": "n1", "key": KEY, "sensor": kind, "base_name": "urn:dev:ow:n1:",
+           "interval": interval, "rate": 16000, "mic": "ideal", "min_speed": 20.0}
+    n = node.Node(cfg, Board(epoch_ms), ticks)
+    n.emitted = []
+    n.emit = lambda t, records: n.emitted.append((t, records))
+    return n
+
+
+_gw_seq = [0]
+
+
+def time_frame(ms):
+    _gw_seq[0] += 1
+    return link.encode_frame(binascii.unhexlify(KEY), link.TIME, "n1", _gw_seq[0], ms)[:-1]
+
+
+def step(n, ticks, shift_ms):
+    """A time frame from a gateway whose clock is shift_ms ahead of the node's."""
+    n.on_frame(time_frame(DAY0 + ticks.ms - 1000 + shift_ms))
+
+
+def crc16(data):
+    crc = 0
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def telegram(k):
+    """A DSMR 5 telegram whose import counter is k Wh and power k W."""
+    body = ("/ISk5\\2MT382-1000\r\n\r\n1-3:0.2.8(50)\r\n"
+            "1-0:1.8.1(%010.3f*kWh)\r\n1-0:1.7.0(%06.3f*kW)\r\n!" % (k / 1000, k / 1000)).encode()
+    return body + ("%04X\r\n" % crc16(body)).encode()
+
+
+def check_every_interval(n, first, last, step=1):
+    ts = [t for t, _ in n.emitted]
+    assert ts == sorted(set(ts)), ("an interval twice or out of order", ts)
+    want = list(range(first, last + 1, step))
+    assert [t for t in ts if first <= t <= last] == want, (
+        "missing", [t for t in want if t not in ts], "extra", [t for t in ts if t not in want])
+
+
+def _grid(epoch_ms, interval=1):
+    s = epoch_ms // 1000
+    return s - s % interval
+
+
+# --- a stall of 3.5 intervals -----------------------------------------------------------------
+def test_noise_stall_closes_every_interval_once():
+    ticks = Ticks()
+    n = _node("noise", ticks, DAY0 + 300)
+    meter = NoiseMeter(16000, -26.0, 0.0, "ideal")
+    block = bytes(1024)  # 256 samples: 16 ms at 16 kHz
+
+    def on_read(nbytes):  # the microphone is the board's clock: 16 ms per 1 KiB
+        ticks.add(nbytes // 64)
+    n.hw.mic.on_read = on_read
+
+    async def drive():
+        task = asyncio.create_task(sensors.noise(n, meter))
+        for i in range(600):  # 9.6 s of audio, a stall of 3.5 s after 3 s of it
+            if i == 190:
+                ticks.add(3500)
+            n.hw.mic.buf.extend(block)
+            await asyncio.sleep_ms(0)
+            await asyncio.sleep_ms(0)
+        task.cancel()
+    asyncio.run(drive())
+    t0 = _grid(DAY0 + 300)
+    # the first, partial interval is not reported; the last may still be open
+    check_every_interval(n, t0 + 1, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 11, n.emitted[-1][0]
+    assert all(len(r) == 6 for _, r in n.emitted)  # every level, in every interval
+
+
+def _energy_run(n, ticks, seconds, events):
+    """The meter sends telegram k 100 ms into second k of the board; events: {second: fn()}
+    run at that second's start (a stall, a time frame)."""
+    async def drive():
+        task = asyncio.create_task(sensors.energy(n))
+        await asyncio.sleep_ms(0)
+        k = 0
+        for ms in range(0, seconds * 1000, 100):
+            if ms % 1000 == 0 and ms // 1000 in events:
+                events[ms // 1000]()
+            if ms % 1000 == 100:
+                k += 1
+                n.hw.p1.buf.extend(telegram(k))
+            ticks.add(100)
+            await asyncio.sleep_ms(45)  # the pipeline polls every 200 ms of the host
+        await asyncio.sleep_ms(500)
+        task.cancel()
+    asyncio.run(drive())
+
+
+def test_energy_stall_closes_every_interval_once():
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    def stall():  # 3.5 s without the loop running; the UART buffers the meter's telegrams
+        for j in range(1, 4):
+            n.hw.p1.buf.extend(telegram(100 + j))
+        ticks.add(3500)
+    _energy_run(n, ticks, 10, {4: stall})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 11, n.emitted[-1][0]
+    # each buffered telegram went to a late interval of its own: counters and means in every one
+    imports = []
+    for t, records in n.emitted[:-1]:
+        got = dict((r[0], r[2]) for r in records)
+        assert "energy_import_t1" in got and "power_import" in got, (t, records)
+        imports.append(got["energy_import_t1"].m)
+    assert imports[4:7] == [101, 102, 103], imports
+
+
+def test_energy_catches_up_when_the_uart_lost_telegrams_in_a_stall():
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+
+    def stall():  # 3.5 s stalled; the UART kept one telegram of three
+        n.hw.p1.buf.extend(telegram(101))
+        ticks.add(3500)
+    _energy_run(n, ticks, 14, {4: stall})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    # the meter's one telegram a second cannot close late intervals faster than they come:
+    # the catch-up stops waiting for them, so the node is not left intervals behind
+    assert n.emitted[-1][0] >= t0 + 14 + 3 - 2, (n.emitted[-1][0] - t0)
+
+
+def test_traffic_stall_closes_every_interval_once():
+    base = time.ticks_ms()
+    ticks = Ticks(base)
+    n = _node("traffic", ticks, DAY0)
+
+    async def drive():
+        task = asyncio.create_task(sensors.traffic(n))
+        for i in range(120):  # 12 s; the board stalls 3.5 s at 3 s
+            if i == 30:
+                ticks.add(3500)
+            ticks.add(100)
+            await asyncio.sleep_ms(100)
+        task.cancel()
+    asyncio.run(drive())
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 8, n.emitted[-1][0]
+    for t, records in n.emitted:  # every interval carries the lane's counts and occupancy
+        names = [r[0] for r in records]
+        assert "lane1/count" in names and "lane1/occupancy" in names, (t, names)
+
+
+# --- steps from the gateway's time frames -------------------------------------------------------
+def test_energy_step_forward_and_back_keep_every_interval_once():
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+
+    def frame(shift_ms):
+        return lambda: step(n, ticks, shift_ms)
+    # forward 4.5 s at 5 s, then back 6.3 s at 12 s (the gateway's clock: forward 4.5, back 1.8)
+    _energy_run(n, ticks, 24, {5: frame(4500), 12: frame(4500 - 6300)})
+    assert n.clock.steps == 2
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 24 + 4500 // 1000 - 7, n.emitted[-1][0]
+    # the intervals the step leapt over carry the flag alone, and no other interval carries it
+    # (the meter's telegrams during the catch-up go to intervals the node measured)
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + 6, t0 + 9)), (leapt, n.leaps)
+    assert all(("clock_leapt" in [x[0] for x in r]) == (t in leapt) for t, r in n.emitted)
+
+
+def test_a_long_leap_is_flagged_whole_while_the_meter_talks():
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+
+    def frame(shift_ms):
+        return lambda: step(n, ticks, shift_ms)
+    # forward 30 s, then back 6 s (as hil_tests/test_faults_node.py's gateway does)
+    _energy_run(n, ticks, 20, {5: frame(30000), 10: frame(24000)})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + 6, t0 + 35)), leapt
+
+
+def test_interval_clock_is_exact_across_ticks_wrap_a_slew_and_a_day():
+    ticks = Ticks(PERIOD - 30000)  # the ticks wrap 30 s in
+    n = _node("energy", ticks, DAY0 + 250, interval=60)
+    want = DAY0 // 1000  # the next start expected: a list of a day's would fragment the heap
+    s = n.interval_start()
+    for i in range(24 * 3600 * 4):  # a day in 250 ms steps
+        ticks.add(250)
+        if i == 3600 * 4:  # an hour in, the gateway's clock is 1.5 s ahead: slewed in
+            n.on_frame(time_frame(n.epoch_ms() + 1500))
+        now = n.interval_start()
+        while s != now:
+            assert n.epoch_s(s) == want, (n.epoch_s(s), want)
+            want += 60
+            s = n.next_interval(s)
+    assert want == DAY0 // 1000 + 86400, want
+    assert n.clock.steps == 0 and n.epoch_ms() == DAY0 + 250 + 86400000 + 1500, n.epoch_ms()
+
+
+if __name__ == "__main__":
+    import mptest
+    mptest.run(globals())
