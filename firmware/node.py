@@ -396,8 +396,10 @@ class Node:
         self.gw_seq = seq
         _write_int("gwseq", seq)  # before acting on it: a reboot must not take it again
         if kind == link.TIME:
-            if isinstance(body, int):
+            if isinstance(body, int) and body >= PLAUSIBLE_MS:
                 self.set_time(body)
+            else:  # a gateway booted without its clock (a Pi has no RTC: 1970)
+                self.rx_rejects += 1
         elif kind == link.CMD:
             self.command(body)
         if not self.pending:  # a pending epoch's numbers may be ones the gateway saw before

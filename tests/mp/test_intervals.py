@@ -284,6 +284,21 @@ def test_interval_clock_is_exact_across_ticks_wrap_a_slew_and_a_day():
     assert n.clock.steps == 0 and n.epoch_ms() == DAY0 + 250 + 86400000 + 1500, n.epoch_ms()
 
 
+def test_a_gateway_clock_at_1970_is_refused_and_every_interval_goes_on():
+    # a Pi gateway has no RTC: booted without NTP its clock reads 1970 (or its image's date);
+    # a node taking that step back would hold its open interval for 56 years
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    rejects = n.rx_rejects
+    _energy_run(n, ticks, 10, {3: lambda: n.on_frame(time_frame(0)),
+                               5: lambda: n.on_frame(time_frame(1500000000000))})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 8, n.emitted[-1][0] - t0
+    assert n.clock.steps == 0 and n.rx_rejects == rejects + 2, (n.clock.steps, n.rx_rejects)
+    assert n.hw.rtc >= DAY0, n.hw.rtc
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
