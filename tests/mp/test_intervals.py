@@ -299,6 +299,48 @@ def test_a_gateway_clock_at_1970_is_refused_and_every_interval_goes_on():
     assert n.hw.rtc >= DAY0, n.hw.rtc
 
 
+def cmd_frame(body):
+    _gw_seq[0] += 1
+    return link.encode_frame(binascii.unhexlify(KEY), link.CMD, "n1", _gw_seq[0], body)[:-1]
+
+
+def test_an_interval_shortened_mid_interval_invents_no_intervals_already_measured():
+    # 60 s -> 1 s at 30.0 s in: the 60 s interval in progress ends where the 1 s grid goes on;
+    # the seconds it measured are not closed again as 1 s intervals of their own (empty ones)
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0, interval=60)
+    _energy_run(n, ticks, 40, {30: lambda: n.on_frame(cmd_frame({"op": "interval", "value": 1}))})
+    t0 = _grid(DAY0)
+    ts = [t for t, _ in n.emitted]
+    assert ts[0] == t0 and min(ts[1:]) >= t0 + 30, ts
+    check_every_interval(n, ts[1], ts[-1])
+    assert ts[-1] >= t0 + 37, ts
+    for t, records in n.emitted[1:]:  # each 1 s interval has its meter's telegram
+        assert "power_import" in [r[0] for r in records], (t, records)
+
+
+def test_steps_forward_in_a_burst_keep_every_leap_flagged_and_its_gap_unfilled():
+    # a gateway (or its clock daemon) stepping forward six times before the pipeline runs again:
+    # each step's leapt intervals stay flagged, and the starts beyond a step's fill stay a gap
+    # (not closed one by one as empty intervals: a flood of frames into flash)
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    shift = [0]
+
+    def burst():
+        for k in range(6):
+            shift[0] += 200000 if k == 0 else 3000  # 200 s: a leap beyond the 120 filled
+            step(n, ticks, shift[0])
+    _energy_run(n, ticks, 10, {3: burst})
+    t0 = _grid(DAY0)
+    ts = [t for t, _ in n.emitted]
+    assert ts == sorted(set(ts)), ts
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt[:120] == list(range(t0 + 4, t0 + 124)), [t - t0 for t in ts]
+    assert len(n.emitted) < 120 + 5 * 3 + 12, (len(n.emitted), leapt[120:])
+    assert [t for t in ts if t0 + 124 <= t < t0 + 200] == [], ts
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
