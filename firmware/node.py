@@ -331,6 +331,8 @@ class Node:
     def set_time(self, ms):
         was = self.interval_start()
         step = self.clock.set(ms)
+        if self.clock.slew > 0:  # the clock runs ahead of the RTC while it gains: a reset
+            self.hw.set_epoch_ms(ms)  # must not go back behind an interval already closed
         if step:
             self.hw.set_epoch_ms(self.clock.now_ms())  # the RTC keeps it over a reset
             if step < 0:

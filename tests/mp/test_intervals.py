@@ -341,6 +341,32 @@ def test_steps_forward_in_a_burst_keep_every_leap_flagged_and_its_gap_unfilled()
     assert [t for t in ts if t0 + 124 <= t < t0 + 200] == [], ts
 
 
+def test_a_reset_after_a_slew_forward_reopens_no_interval_already_closed():
+    # the gateway is 1.9 s ahead: slewed in at 3.9 ms/s, the node's clock runs ahead of its RTC
+    # (which keeps its own crystal's time); a reset just after a boundary must not go back
+    # behind it and close that interval a second time
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0 + 500)
+    at = [ticks.ms]
+    rtc = lambda: n.hw.rtc + ticks.ms - at[0]  # the RTC runs on from its last setting
+    setter = n.hw.set_epoch_ms
+
+    def set_rtc(ms):
+        at[0] = ticks.ms
+        setter(ms)
+    n.hw.set_epoch_ms = set_rtc
+    n.on_frame(time_frame(n.epoch_ms() + 1900))
+    assert n.clock.steps == 0
+    iv = node.Intervals(n)
+    while n.epoch_ms() % 1000 >= 20 or n.epoch_ms() < DAY0 + 20000:  # 20 s: 78 ms slewed in
+        ticks.add(1)
+        while iv.ended():
+            iv.close([("x", "count", 1)])
+    last = n.emitted[-1][0]
+    again = _node("energy", ticks, rtc())  # a reset: the clock starts from the RTC
+    assert again.epoch_s(node.Intervals(again).start) > last, (n.epoch_ms(), rtc(), last)
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
