@@ -367,6 +367,20 @@ def test_a_reset_after_a_slew_forward_reopens_no_interval_already_closed():
     assert again.epoch_s(node.Intervals(again).start) > last, (n.epoch_ms(), rtc(), last)
 
 
+def test_a_clock_oscillating_forward_and_back_closes_every_interval_once():
+    # a gateway flapping between two time sources 30 s apart, each second for 6 s
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    ev = dict((k, (lambda sh: lambda: step(n, ticks, sh))(30000 if k % 2 else 0))
+              for k in range(3, 9))
+    _energy_run(n, ticks, 45, ev)
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + 4, t0 + 33)), [t - t0 for t in leapt]
+    assert n.emitted[-1][0] >= t0 + 40, n.emitted[-1][0] - t0
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
