@@ -32,6 +32,7 @@ PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
 CRASH_BOOTS = const(3)
 LEAP_FILL = const(120)  # a step forward fills at most this many leapt intervals (docs/node.md)
 SPAN = const(0x1FFFFFFF)  # clock seconds kept within small ints either side of the base
+INTERVAL_MAX = const(86400)  # an interval command beyond a day is refused, as the gateway does
 LEAPS = const(8)  # leaps kept while a task lags behind them
 LEAPT = [("clock_leapt", "count", 1)]  # the record of an interval the clock stepped over
 RX_FRAME = const(256)  # the longest downlink frame kept (COBS bytes)
@@ -424,7 +425,10 @@ class Node:
         if not isinstance(body, dict):
             return
         op = body.get("op")
-        if op == "interval" and isinstance(body.get("value"), int) and body["value"] > 0:
+        if op == "interval" and not (type(body.get("value")) is int
+                                     and 1 <= body["value"] <= INTERVAL_MAX):
+            self.rx_rejects += 1  # 10**9 (ms by mistake) held the open interval for 31 years
+        elif op == "interval":
             was = self.interval_start()
             self.interval = body["value"]
             self._phase = self.clock.base % self.interval

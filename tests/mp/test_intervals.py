@@ -381,6 +381,20 @@ def test_a_clock_oscillating_forward_and_back_closes_every_interval_once():
     assert n.emitted[-1][0] >= t0 + 40, n.emitted[-1][0] - t0
 
 
+def test_an_interval_beyond_a_day_or_not_a_number_is_refused_and_counted():
+    # the gateway checks 1..86400 s; a node must not go silent for 31 years on 10**9 (a value in
+    # ms by mistake, a gateway of another version) nor take true for 1 s
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    rejects = n.rx_rejects
+    bad = [{"op": "interval", "value": v} for v in (10 ** 9, 86401, True, 0, -5, 1.5)]
+    _energy_run(n, ticks, 8, {3: lambda: [n.on_frame(cmd_frame(b)) for b in bad]})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 6 and n.interval == 1, (n.emitted[-1][0] - t0, n.interval)
+    assert n.rx_rejects == rejects + len(bad), n.rx_rejects - rejects
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
