@@ -32,6 +32,8 @@ PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
 CRASH_BOOTS = const(3)
 LEAP_FILL = const(120)  # a step forward fills at most this many leapt intervals (docs/node.md)
 SPAN = const(0x1FFFFFFF)  # clock seconds kept within small ints either side of the base
+INTERVAL_MAX = const(86400)  # an interval command beyond a day is refused, as the gateway does
+LEAPS = const(8)  # leaps kept while a task lags behind them
 LEAPT = [("clock_leapt", "count", 1)]  # the record of an interval the clock stepped over
 RX_FRAME = const(256)  # the longest downlink frame kept (COBS bytes)
 
@@ -196,6 +198,7 @@ class Node:
         self.floor = min(max(_read_int("floor") - self.clock.base, -SPAN), SPAN)
         self._phase = self.clock.base % self.interval
         self.leaps = []  # (first, end of the filled ones, end): interval starts a step leapt
+        self.walkers = []  # every task's Intervals: a leap is kept until all have passed it
         self.ticks_ms = ticks_ms
         self.started = ticks_ms()
         self.resends = 0
@@ -314,9 +317,23 @@ class Node:
                 return True
         return False
 
+    def _leap(self, lo, cap, hi):
+        """Skip [lo, hi) on every task's walk, flagging [lo, cap). A leap is kept until every task
+        has walked past it (dropped sooner, a task lagging behind a burst of steps closed its gap
+        one by one as empty intervals); beyond LEAPS the oldest two merge: the measured
+        intervals between them are a gap then, never a flood nor a record set invented."""
+        oldest = min(w.start for w in self.walkers) if self.walkers else hi
+        leaps = [x for x in self.leaps if x[2] > oldest]
+        leaps.append((lo, cap, hi))
+        if len(leaps) > LEAPS:
+            leaps[:2] = [(leaps[0][0], leaps[0][1], leaps[1][2])]
+        self.leaps = leaps
+
     def set_time(self, ms):
         was = self.interval_start()
         step = self.clock.set(ms)
+        if self.clock.slew > 0:  # the clock runs ahead of the RTC while it gains: a reset
+            self.hw.set_epoch_ms(ms)  # must not go back behind an interval already closed
         if step:
             self.hw.set_epoch_ms(self.clock.now_ms())  # the RTC keeps it over a reset
             if step < 0:
@@ -326,8 +343,7 @@ class Node:
                 lo = self.next_interval(was)
                 hi = self.interval_start()
                 if lo < hi:  # every task closes these in turn, flagged (docs/node.md, "Clock")
-                    self.leaps.append((lo, min(hi, lo + LEAP_FILL * self.interval), hi))
-                    del self.leaps[:-4]
+                    self._leap(lo, min(hi, lo + LEAP_FILL * self.interval), hi)
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go
 
@@ -396,8 +412,10 @@ class Node:
         self.gw_seq = seq
         _write_int("gwseq", seq)  # before acting on it: a reboot must not take it again
         if kind == link.TIME:
-            if isinstance(body, int):
+            if isinstance(body, int) and body >= PLAUSIBLE_MS:
                 self.set_time(body)
+            else:  # a gateway booted without its clock (a Pi has no RTC: 1970)
+                self.rx_rejects += 1
         elif kind == link.CMD:
             self.command(body)
         if not self.pending:  # a pending epoch's numbers may be ones the gateway saw before
@@ -407,9 +425,19 @@ class Node:
         if not isinstance(body, dict):
             return
         op = body.get("op")
-        if op == "interval" and isinstance(body.get("value"), int) and body["value"] > 0:
+        if op == "interval" and not (type(body.get("value")) is int
+                                     and 1 <= body["value"] <= INTERVAL_MAX):
+            self.rx_rejects += 1  # 10**9 (ms by mistake) held the open interval for 31 years
+        elif op == "interval":
+            was = self.interval_start()
             self.interval = body["value"]
             self._phase = self.clock.base % self.interval
+            # the interval in progress runs on to the new grid's next start: the time it
+            # measured is not closed again as intervals of the new length (docs/node.md)
+            lo = self.next_interval(was)
+            hi = self.next_interval(self.clock.tick())
+            if lo < hi:
+                self._leap(lo, lo, hi)
         elif op == "reboot":
             self.reboot_requested = True
         elif op == "calibration" and isinstance(body.get("value"), (int, float)):
@@ -626,6 +654,7 @@ class Intervals:
     def __init__(self, node):
         self.node = node
         self.start = node.interval_start()
+        node.walkers.append(self)
 
     def ended(self):
         """The oldest interval not yet closed has ended."""

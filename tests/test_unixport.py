@@ -6,8 +6,8 @@ import pytest
 
 from conftest import MP_TESTS, run_micropython
 
-# scripts holding issue 11's cases (a full flash, a re-flashed node, downlink replays)
-ADVERSARIAL = {"test_store", "test_node", "test_sender"}
+# scripts holding issue 11's cases (a full flash, a re-flashed node, downlink replays, clock attacks)
+ADVERSARIAL = {"test_store", "test_node", "test_sender", "test_intervals"}
 SCRIPTS = [pytest.param(p, id=p.stem, marks=[pytest.mark.adversarial] * (p.stem in ADVERSARIAL))
            for p in sorted(MP_TESTS.glob("test_*.py"))]
 

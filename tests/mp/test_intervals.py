@@ -284,6 +284,117 @@ def test_interval_clock_is_exact_across_ticks_wrap_a_slew_and_a_day():
     assert n.clock.steps == 0 and n.epoch_ms() == DAY0 + 250 + 86400000 + 1500, n.epoch_ms()
 
 
+def test_a_gateway_clock_at_1970_is_refused_and_every_interval_goes_on():
+    # a Pi gateway has no RTC: booted without NTP its clock reads 1970 (or its image's date);
+    # a node taking that step back would hold its open interval for 56 years
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    rejects = n.rx_rejects
+    _energy_run(n, ticks, 10, {3: lambda: n.on_frame(time_frame(0)),
+                               5: lambda: n.on_frame(time_frame(1500000000000))})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 8, n.emitted[-1][0] - t0
+    assert n.clock.steps == 0 and n.rx_rejects == rejects + 2, (n.clock.steps, n.rx_rejects)
+    assert n.hw.rtc >= DAY0, n.hw.rtc
+
+
+def cmd_frame(body):
+    _gw_seq[0] += 1
+    return link.encode_frame(binascii.unhexlify(KEY), link.CMD, "n1", _gw_seq[0], body)[:-1]
+
+
+def test_an_interval_shortened_mid_interval_invents_no_intervals_already_measured():
+    # 60 s -> 1 s at 30.0 s in: the 60 s interval in progress ends where the 1 s grid goes on;
+    # the seconds it measured are not closed again as 1 s intervals of their own (empty ones)
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0, interval=60)
+    _energy_run(n, ticks, 40, {30: lambda: n.on_frame(cmd_frame({"op": "interval", "value": 1}))})
+    t0 = _grid(DAY0)
+    ts = [t for t, _ in n.emitted]
+    assert ts[0] == t0 and min(ts[1:]) >= t0 + 30, ts
+    check_every_interval(n, ts[1], ts[-1])
+    assert ts[-1] >= t0 + 37, ts
+    for t, records in n.emitted[1:]:  # each 1 s interval has its meter's telegram
+        assert "power_import" in [r[0] for r in records], (t, records)
+
+
+def test_steps_forward_in_a_burst_keep_every_leap_flagged_and_its_gap_unfilled():
+    # a gateway (or its clock daemon) stepping forward six times before the pipeline runs again:
+    # each step's leapt intervals stay flagged, and the starts beyond a step's fill stay a gap
+    # (not closed one by one as empty intervals: a flood of frames into flash)
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    shift = [0]
+
+    def burst():
+        for k in range(6):
+            shift[0] += 200000 if k == 0 else 3000  # 200 s: a leap beyond the 120 filled
+            step(n, ticks, shift[0])
+    _energy_run(n, ticks, 10, {3: burst})
+    t0 = _grid(DAY0)
+    ts = [t for t, _ in n.emitted]
+    assert ts == sorted(set(ts)), ts
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt[:120] == list(range(t0 + 4, t0 + 124)), [t - t0 for t in ts]
+    assert len(n.emitted) < 120 + 5 * 3 + 12, (len(n.emitted), leapt[120:])
+    assert [t for t in ts if t0 + 124 <= t < t0 + 200] == [], ts
+
+
+def test_a_reset_after_a_slew_forward_reopens_no_interval_already_closed():
+    # the gateway is 1.9 s ahead: slewed in at 3.9 ms/s, the node's clock runs ahead of its RTC
+    # (which keeps its own crystal's time); a reset just after a boundary must not go back
+    # behind it and close that interval a second time
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0 + 500)
+    at = [ticks.ms]
+    rtc = lambda: n.hw.rtc + ticks.ms - at[0]  # the RTC runs on from its last setting
+    setter = n.hw.set_epoch_ms
+
+    def set_rtc(ms):
+        at[0] = ticks.ms
+        setter(ms)
+    n.hw.set_epoch_ms = set_rtc
+    n.on_frame(time_frame(n.epoch_ms() + 1900))
+    assert n.clock.steps == 0
+    iv = node.Intervals(n)
+    while n.epoch_ms() % 1000 >= 20 or n.epoch_ms() < DAY0 + 20000:  # 20 s: 78 ms slewed in
+        ticks.add(1)
+        while iv.ended():
+            iv.close([("x", "count", 1)])
+    last = n.emitted[-1][0]
+    again = _node("energy", ticks, rtc())  # a reset: the clock starts from the RTC
+    assert again.epoch_s(node.Intervals(again).start) > last, (n.epoch_ms(), rtc(), last)
+
+
+def test_a_clock_oscillating_forward_and_back_closes_every_interval_once():
+    # a gateway flapping between two time sources 30 s apart, each second for 6 s
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    ev = dict((k, (lambda sh: lambda: step(n, ticks, sh))(30000 if k % 2 else 0))
+              for k in range(3, 9))
+    _energy_run(n, ticks, 45, ev)
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + 4, t0 + 33)), [t - t0 for t in leapt]
+    assert n.emitted[-1][0] >= t0 + 40, n.emitted[-1][0] - t0
+
+
+def test_an_interval_beyond_a_day_or_not_a_number_is_refused_and_counted():
+    # the gateway checks 1..86400 s; a node must not go silent for 31 years on 10**9 (a value in
+    # ms by mistake, a gateway of another version) nor take true for 1 s
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    rejects = n.rx_rejects
+    bad = [{"op": "interval", "value": v} for v in (10 ** 9, 86401, True, 0, -5, 1.5)]
+    _energy_run(n, ticks, 8, {3: lambda: [n.on_frame(cmd_frame(b)) for b in bad]})
+    t0 = _grid(DAY0)
+    check_every_interval(n, t0, n.emitted[-1][0])
+    assert n.emitted[-1][0] >= t0 + 6 and n.interval == 1, (n.emitted[-1][0] - t0, n.interval)
+    assert n.rx_rejects == rejects + len(bad), n.rx_rejects - rejects
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
