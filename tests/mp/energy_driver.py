@@ -50,6 +50,7 @@ class Node:
         self.progress = 0
         self.now = 0  # the interval in progress, moved by the driver
         self.closed = 0
+        self.walkers = []  # the tasks' Intervals, as node.Node keeps them
 
     def interval_start(self):
         return self.now
@@ -79,10 +80,14 @@ async def main(path, cfg, chunk, sizes):
     for k, size in enumerate(sizes + [0]):
         node.now = k
         while node.closed < k:  # interval k - 1 closed
+            if task.done():
+                raise SystemExit("the energy pipeline ended")  # not a 300 s wait for nothing
             await asyncio.sleep_ms(20)
         line.end += size
     node.now = len(sizes) + 1
     while node.closed <= len(sizes):
+        if task.done():
+            raise SystemExit("the energy pipeline ended")
         await asyncio.sleep_ms(20)
     task.cancel()
 
