@@ -310,6 +310,8 @@ def test_kill_9_and_sigterm_while_batches_are_built_lose_nothing(tmp_path):
             gw.log.close()
         good = set(range(TOTAL)) - bad
         wait_until(lambda: metric(gw, "spool_frames") == 0, 120, "the backlog drained")
+        # the broker's PUBACK comes before its delivery to the subscriber: wait for that too
+        wait_until(lambda: {r.v for r in published(sub)} >= good, 60, "every good frame")
         records = published(sub)
         assert {r.v for r in records} == good
         for r in records:
