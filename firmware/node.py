@@ -463,8 +463,11 @@ class Node:
     async def sender(self):
         """Up to WINDOW frames in flight, oldest first; acks may come in any order and the store
         releases frames in order as they are acked. When the oldest in flight goes unacked for
-        the timeout, every unacked frame in flight is sent again (the gateway drops copies by
-        sequence number) and the timeout doubles, up to MAX_BACKOFF_MS."""
+        the timeout, the timeout doubles, up to MAX_BACKOFF_MS, and only the oldest unacked frame
+        goes again, alone, until the gateway answers (a release): a dead link is not fed a window
+        at every timeout, and a link that comes back mid-window (a cable, a cut frame) takes the
+        backlog in order instead of the window's later frames before the cut one. Then the rest
+        of the unacked frames go again (the gateway drops copies by sequence number)."""
         store = self.store
         flight = self.flight  # sequence numbers sent and not yet released, ascending
         acks = self.acks  # of those, the ones the gateway acked
@@ -472,6 +475,8 @@ class Node:
         backoff = base
         seg = -1  # the cursor: where the next frame to send starts in the store
         off = 0
+        room = WINDOW  # frames that may be in flight: 1 from a timeout to the next release
+        top = -1  # the highest sequence number sent: one at or below it goes again
         since = self.ticks_ms()  # the last progress: a frame released, or a first send
         while True:
             self.wake.clear()
@@ -485,6 +490,7 @@ class Node:
                 flight.clear()
                 acks.clear()
                 seg = -1
+                top = -1  # the store's frames have new numbers
                 await self.renumber()
             frame = store.peek()  # release what is acked, oldest first
             while frame is not None and store.seq in acks:
@@ -492,6 +498,7 @@ class Node:
                 store.pop()
                 self.sent += 1
                 backoff = base
+                room = WINDOW
                 await asyncio.sleep_ms(0)  # a release rewrites flash (ms each): let the
                 since = self.ticks_ms()  # pipelines run between them while a backlog drains
                 frame = store.peek()
@@ -508,15 +515,15 @@ class Node:
                 await self.wake.wait()
                 continue
             if flight and time.ticks_diff(self.ticks_ms(), since) >= backoff:
-                self.resends += len(flight) - len(acks)
                 backoff = min(backoff * 2, max(MAX_BACKOFF_MS, base))
+                room = 1
                 since = self.ticks_ms()
                 flight.clear()
                 seg = -1  # go back to the oldest unreleased frame
             if seg < 0 or seg < store.tail_seg or (seg == store.tail_seg and off < store.tail_off):
                 seg, off = store.tail_seg, store.tail_off
                 flight.clear()
-            while len(flight) < WINDOW:
+            while len(flight) < room:
                 frame = store.peek_after(seg, off)
                 if frame is None:
                     break
@@ -528,6 +535,10 @@ class Node:
                 if not flight:
                     since = self.ticks_ms()
                 flight.append(seq)
+                if seq <= top:
+                    self.resends += 1
+                else:
+                    top = seq
                 self.write(frame)
             frame = None
             if not flight:

@@ -1,5 +1,5 @@
 # The node's sender under the unix port: up to a window of frames in flight, acks in any order,
-# the store released in order, and on a timeout only the unacked frames sent again. A fake clock
+# the store released in order, and on a timeout the oldest unacked alone until it is acked. A fake clock
 # (ticks) decides timeouts; the gateway's acks are made with the link codec.
 import asyncio
 import os
@@ -120,23 +120,53 @@ def test_timeout_resends_only_the_unacked():
         _ack(n, seqs[1])
         ticks.ms += node.ACK_TIMEOUT_MS
         n.wake.set()
-        await _until(lambda: len(wire) >= 5)
-        assert wire == seqs + [seqs[0], seqs[2]], wire
-        assert n.resends == 2 and n.store.depth == 3
+        await _until(lambda: len(wire) >= 4)
+        await asyncio.sleep_ms(20)
+        assert wire == seqs + [seqs[0]], wire  # the oldest alone, a probe
+        assert n.resends == 1 and n.store.depth == 3
         ticks.ms += node.ACK_TIMEOUT_MS  # the timeout has doubled: nothing yet
         n.wake.set()
         await asyncio.sleep_ms(20)
-        assert len(wire) == 5
+        assert len(wire) == 4
         ticks.ms += node.ACK_TIMEOUT_MS
         n.wake.set()
-        await _until(lambda: len(wire) >= 7)
-        assert len(wire) == 7
+        await _until(lambda: len(wire) >= 5)
+        await asyncio.sleep_ms(20)
+        assert wire[4:] == [seqs[0]] and n.resends == 2, wire
+        _ack(n, seqs[0])  # it gets through: it and the acked one released, the window open
+        await _until(lambda: len(wire) >= 6)
+        assert wire[5:] == [seqs[2]] and n.store.depth == 1 and n.resends == 3, wire
         _ack(n, seqs[2])
-        _ack(n, seqs[0])
         await _until(lambda: n.store.depth == 0)
         assert n.store.depth == 0 and n.sent == 3
         more = _emit(n, 1)  # a release resets the timeout; a new frame goes at once
         await _until(lambda: wire[-1] == more[0])
+        assert n.resends == 3
+    asyncio.run(_run(scenario)(n))
+
+
+def test_a_dead_link_gets_one_frame_per_timeout_and_the_backlog_in_order_after():
+    # the cable out: at each timeout only the oldest goes, so the cable plugged back in while
+    # frames are on the wire cuts at most that one, and never leaves later frames stored before it
+    n, ticks, wire = _node()
+    seqs = _emit(n, 12)
+
+    async def scenario(n):
+        await _until(lambda: len(wire) >= 8)
+        assert wire == seqs[:8]
+        wait = node.ACK_TIMEOUT_MS
+        for i in range(5):
+            ticks.ms += wait
+            n.wake.set()
+            await _until(lambda: len(wire) >= 9 + i)
+            await asyncio.sleep_ms(20)
+            assert wire[8:] == [seqs[0]] * (i + 1), wire[8:]
+            wait = min(wait * 2, node.MAX_BACKOFF_MS)
+        _ack(n, seqs[0])  # the cable is back: the backlog goes on oldest first, a window at once
+        await _until(lambda: len(wire) >= 21)
+        await asyncio.sleep_ms(20)
+        assert wire[13:] == seqs[1:9], wire[13:]
+        assert n.resends == 5 + 7 and n.store.depth == 11
     asyncio.run(_run(scenario)(n))
 
 
