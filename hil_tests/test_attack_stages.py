@@ -355,6 +355,8 @@ def test_the_largest_batches_go_whole_and_the_loop_answers_meanwhile(tmp_path):
     prober.start()
     try:
         wait_until(lambda: metric(gw, "spool_frames") == 0, 120, "the batch taken")
+        # the broker's PUBACK comes before its delivery to the subscriber: wait for that too
+        wait_until(lambda: sub.on("/batch"), 30, "the batch at the subscriber")
         stop.set()
         prober.join(10)
         got = [cbor2.loads(p) for _, _, p, _, _ in sub.on("/batch")]

@@ -80,6 +80,7 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
         health = rig.health()
         resets = rig.board.log().count("watchdog reset")
         arrival = [t for (n, t) in list(rig.stats.records) if n == rig.base + DATA[kind]]
+        stored = rig.gateway.stored_order(rig.node_id)
         c = rig.finish()
     finally:
         rig.close()
@@ -89,6 +90,8 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
         "gaps": gaps(ts, INTERVAL),
         "gaps_at_h": [round((a - ts[0]) / 3600, 2) for a, _ in gaps(ts, INTERVAL)], "frames_produced": len(produced),
         "arrival_in_order": arrival == sorted(arrival), "arrival": arrival, "ts": ts,
+        "broker_late": lateness(arrival), "broker_disorder": disorder(arrival, INTERVAL),
+        "spool_late": lateness(stored), "spool_disorder": disorder(stored, 1),
         "heap_peak": max(h.get("heap_peak") or 0 for h in health),
         "heap_free_min": min(h.get("heap_free") or 1 << 30 for h in health),
         "store_depth_max": max(h.get("store_depth") or 0 for h in health),
@@ -100,6 +103,19 @@ def simulated_day(work: Path, broker_port: int, hours: float, outage: float, spe
         "outage_host_s": round(back_at - out_at, 1), "outage_at_h": round(out_board, 2),
         "drain_after_end_s": round(drained, 1), "run_s": round(time.monotonic() - began, 1),
     }
+
+
+def lateness(xs: list) -> int:
+    """How far the list is from ascending: the most items that came before one of it and are
+    greater than it (0: in order)."""
+    return max((sum(1 for y in xs[:i] if y > x) for i, x in enumerate(xs)), default=0)
+
+
+def disorder(xs: list, unit: int) -> list:
+    """The first places where the list goes back, as (index, from, to) in units."""
+    base = min(xs, default=0)
+    return [(i, (a - base) // unit, (b - base) // unit)
+            for i, (a, b) in enumerate(zip(xs, xs[1:])) if b < a][:6]
 
 
 def _delivered_from_qemu(rig: Rig, timeout: float) -> tuple[list[int], list]:

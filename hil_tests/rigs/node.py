@@ -135,6 +135,15 @@ class GatewayThread:
         finally:
             db.close()
 
+    def stored_order(self, node_id: str) -> list[int]:
+        """The node's data frames' sequence numbers in the order the spool took them."""
+        db = sqlite3.connect(Path(self.cfg.spool) / "spool.sqlite3")
+        try:
+            return [s for (s,) in db.execute(
+                "SELECT seq FROM seen WHERE node = ? ORDER BY rowid", (node_id,))]
+        finally:
+            db.close()
+
     def call(self, fn):
         """Run fn() on the gateway's loop; its result."""
         done = threading.Event()
