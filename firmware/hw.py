@@ -30,15 +30,20 @@ class Hardware:
 
     # --- clock -----------------------------------------------------------------------------
     def epoch_ms(self):
-        """Wall-clock milliseconds since 1970 (set from the gateway's time frames)."""
-        return int((time.time() + self.base) * 1000) + self._offset_ms
+        """Wall-clock milliseconds since 1970 (set from the gateway's time frames). Read at boot
+        and after a setting: time_ns() is a big int (it allocates)."""
+        return time.time_ns() // 1000000 + self.base * 1000 + self._offset_ms
 
     def set_epoch_ms(self, ms):
-        # machine.RTC keeps whole seconds; the rest is held here.
+        # The ESP32 port's RTC.datetime() takes microseconds as its 8th field (settimeofday's
+        # tv_usec) and time.time_ns() reads them back, over a reset too: set to the ms, a boot
+        # reads the time it was set to, run on since (with 0 there it read up to 1 s behind).
+        # What the RTC cannot take (a board without one) is held here.
         secs = ms // 1000 - self.base
         tm = time.gmtime(secs)
         try:
-            machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+            machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5],
+                                    ms % 1000 * 1000))
         except (OSError, AttributeError):
             pass
         self._offset_ms = 0

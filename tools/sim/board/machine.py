@@ -106,13 +106,15 @@ class WDT:
 
 
 class RTC:
+    # As the ESP32 port's: the 8th field is microseconds (settimeofday/gettimeofday there)
     def datetime(self, dt=None):
         if dt is None:
-            t = time.gmtime()
-            return (t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0)
+            ns = time.time_ns()
+            t = time.gmtime(ns // 1000000000)
+            return (t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], ns // 1000 % 1000000)
         # the emulated clock (time.py here) moves by the difference, and keeps it over a reset
         secs = _utc_seconds(dt[0], dt[1], dt[2]) + dt[4] * 3600 + dt[5] * 60 + dt[6]
-        time._adjust(secs - int(time.time()))
+        time._adjust(secs * 1000 + dt[7] // 1000 - time.time_ns() // 1000000)
 
 
 def _utc_seconds(y, m, d):

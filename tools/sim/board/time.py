@@ -5,7 +5,8 @@
 # RTC runs on through a reset (the host keeps the emulated RTC across restarts).
 # A board without an environment (the QEMU board) reads the same settings from /emu.json in its
 # flash, which the host writes before each boot; there time.time() counts whole seconds and the
-# clock is kept in integers, as floats are single precision.
+# clock is kept in integers, as floats are single precision. time.time_ns() has the milliseconds
+# on both, and machine.RTC().datetime() takes them (its 8th field, microseconds, as on an ESP32).
 import json
 import os
 import sys
@@ -35,26 +36,28 @@ _MS0 = _t.ticks_ms()
 _US0 = _t.ticks_us()
 _H0 = _t.time()  # host seconds at start
 _T0 = _CFG.get("epoch", _H0)  # board seconds at start
-_NUM = int if _BOARD else float
+_BOOT_MS = 0  # the board's: ms past _T0's second (it keeps the clock in integers)
+_RTC_MS = 0  # what the firmware moved the RTC by, in ms: kept over a reset, as an RTC runs on
 try:
-    with open(_CFG["rtc"]) as _f:  # what the firmware set the RTC to, kept over a reset
-        _T0 += _NUM(_f.read())
+    with open(_CFG["rtc"]) as _f:
+        _RTC_MS = int(_f.read())
 except (KeyError, OSError, ValueError):
     pass
+if not _BOARD:
+    _T0 += _RTC_MS / 1000
 
 
-def _adjust(delta_s):
-    """machine.RTC().datetime(...) moved the board's clock by delta_s."""
-    global _T0
-    _T0 += delta_s
+def _adjust(delta_ms):
+    """machine.RTC().datetime(...) moved the board's clock by delta_ms."""
+    global _T0, _BOOT_MS, _RTC_MS
+    if _BOARD:
+        _BOOT_MS += delta_ms
+    else:
+        _T0 += delta_ms / 1000
+    _RTC_MS += delta_ms
     if _CFG.get("rtc"):
-        try:
-            with open(_CFG["rtc"]) as f:
-                delta_s += _NUM(f.read())
-        except (OSError, ValueError):
-            pass
         with open(_CFG["rtc"], "w") as f:
-            f.write(repr(delta_s))
+            f.write(str(_RTC_MS))
 
 ticks_diff = _t.ticks_diff
 ticks_add = _t.ticks_add
@@ -77,17 +80,19 @@ if _BOARD:
 
     # the host's epoch is the board's clock when it was powered up; it has run since
     # ("epoch_ms": the same in milliseconds, for the whole-second clock of a board)
-    _BOOT_MS = 0
     if "epoch_ms" in _CFG:
         _T0 += _CFG["epoch_ms"] // 1000
         _BOOT_MS = _CFG["epoch_ms"] % 1000 + _t.time_ns() // 1000000 * _K
+    _BOOT_MS += _RTC_MS
 
     def time():  # noqa: F811
         return int(_T0) + (_BOOT_MS + _elapsed_ms() * _K) // 1000
 
-
-def time_ns():
-    return int(time() * 1000000000)
+    def time_ns():
+        return (int(_T0) * 1000 + _BOOT_MS + _elapsed_ms() * _K) * 1000000
+else:
+    def time_ns():
+        return int(time() * 1000000000)
 
 
 if _BOARD and _K != 1:

@@ -217,13 +217,15 @@ class WDT:
 class RTC:
     # The AN385 has no battery-backed RTC: the emulator's clock (time.py beside this file, when
     # the host put it on the board) keeps the setting across a reset, in the board's flash.
+    # As the ESP32 port's RTC: the 8th field is microseconds.
     def datetime(self, dt=None):
         if dt is None:
-            t = time.gmtime()
-            return (t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], 0)
+            ns = time.time_ns()
+            t = time.gmtime(ns // 1000000000)
+            return (t[0], t[1], t[2], t[6] + 1, t[3], t[4], t[5], ns // 1000 % 1000000)
         secs = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
         if hasattr(time, "_adjust"):
-            time._adjust(secs - time.time())
+            time._adjust(secs * 1000 + dt[7] // 1000 - time.time_ns() // 1000000)
 
 
 def reset():
