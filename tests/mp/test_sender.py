@@ -289,6 +289,228 @@ def test_renumbering_a_store_at_its_bound_drops_nothing():
     assert count == depth
 
 
+# --- attacks on the probe (after an ack timeout the oldest unacked goes alone) -------------
+def _timeout(n, ticks, ms):
+    ticks.ms += ms
+    n.wake.set()
+
+
+async def _quiet():
+    await asyncio.sleep_ms(20)  # only before a check that nothing (more) happened
+
+
+def _probing(n, ticks, wire, seqs):
+    """Window seqs[:8] out on a dead link, then the first timeout: seqs[0] alone. The next
+    timeout's length."""
+    async def go():
+        await _until(lambda: len(wire) >= 8)
+        _timeout(n, ticks, node.ACK_TIMEOUT_MS)
+        await _until(lambda: len(wire) >= 9)
+        await _quiet()
+        assert wire == seqs[:8] + [seqs[0]], wire
+    return go()
+
+
+def test_late_acks_of_the_window_while_the_probe_ack_is_lost_do_not_stall():
+    # the gateway took 1..7 but their acks come after the timeout; the probe's ack is lost
+    # twice, and the first probe's ack turns up after the second timeout
+    n, ticks, wire = _node()
+    seqs = _emit(n, 12)
+
+    async def scenario(n):
+        await _probing(n, ticks, wire, seqs)
+        for s in seqs[1:8]:
+            _ack(n, s)  # not in flight any more: the gateway will be asked again
+        await _quiet()
+        assert len(wire) == 9 and n.store.depth == 12
+        _timeout(n, ticks, 2 * node.ACK_TIMEOUT_MS)
+        await _until(lambda: len(wire) >= 10)
+        await _quiet()
+        assert wire[9:] == [seqs[0]], wire[9:]
+        _ack(n, seqs[0])  # the first probe's ack, after another timeout
+        await _until(lambda: len(wire) >= 18)
+        await _quiet()
+        assert wire[10:] == seqs[1:9], wire[10:]  # the window again, oldest first
+        assert n.store.depth == 11 and n.resends == 2 + 7
+        _ack(n, seqs[0])  # the second probe's ack: released already, nothing moves
+        await _quiet()
+        assert len(wire) == 18 and n.store.depth == 11
+        for s in seqs[1:]:
+            _ack(n, s)
+            await asyncio.sleep_ms(2)
+        await _until(lambda: n.store.depth == 0)
+        assert wire[18:] == seqs[9:] and n.sent == 12 and n.resends == 9, wire[18:]
+    asyncio.run(_run(scenario)(n))
+
+
+def test_new_frames_during_probing_wait_for_the_probe():
+    n, ticks, wire = _node()
+    seqs = _emit(n, 9)
+
+    async def scenario(n):
+        await _probing(n, ticks, wire, seqs)
+        more = _emit(n, 3)
+        await _quiet()
+        assert len(wire) == 9, wire[9:]  # the probe alone: new frames wait
+        _ack(n, seqs[0])
+        await _until(lambda: len(wire) >= 17)
+        await _quiet()
+        assert wire[9:] == seqs[1:9], wire[9:]
+        for s in seqs[1:9]:
+            _ack(n, s)
+        await _until(lambda: len(wire) >= 20)
+        assert wire[17:] == more, wire[17:]
+    asyncio.run(_run(scenario)(n))
+
+
+def test_a_probe_that_ends_its_segment():
+    # the probe is the last record of the tail segment: its release removes the segment and the
+    # window opens on the next one
+    n, ticks, wire = _node()
+    st = n.store
+    seqs = []
+    while len(st.segs) < 2:
+        seqs += _emit(n, 1)
+    last = seqs[-2]  # the last of segment one; seqs[-1] opened segment two
+    first_seg = st.segs[0]
+    for s in seqs[:-2]:
+        _ack(n, s)  # not in flight yet: ignored; release them by hand
+    while st.seq != last:
+        st.peek()
+        if st.seq == last:
+            break
+        st.pop()
+    assert st.peek() is not None and st.seq == last and st.tail_seg == first_seg
+    tail = _emit(n, 8)
+
+    async def scenario(n):
+        await _until(lambda: len(wire) >= 8)
+        _timeout(n, ticks, node.ACK_TIMEOUT_MS)
+        await _until(lambda: len(wire) >= 9)
+        await _quiet()
+        assert wire[8] == last, wire
+        _ack(n, last)
+        await _until(lambda: st.tail_seg != first_seg and len(wire) >= 17)
+        await _quiet()
+        want = [seqs[-1]] + tail[:7]
+        assert wire[9:] == want, (wire[9:], want)
+        assert first_seg not in st.segs
+    asyncio.run(_run(scenario)(n))
+
+
+def test_a_tcp_link_that_drops_before_any_ack_is_not_fed_a_window_at_each_connection():
+    # a gateway that takes the connection and drops it (at capacity, restarting) before it acks
+    # anything: each new connection got the whole window, and no timeout ever came (the flight
+    # is cleared at each drop), so the window went again every reconnect (1 s) for ever
+    n, ticks, wire = _node()
+    seqs = _emit(n, 12)
+    write = n.write
+
+    async def scenario(n):
+        await _until(lambda: len(wire) >= 8)
+        for i in range(4):
+            n.write = None  # the connection dropped
+            n.wake.set()
+            await _until(lambda: not n.flight)
+            n.write = write  # a new one
+            n.wake.set()
+            await _until(lambda: len(wire) >= 9 + i)
+            await _quiet()
+            assert wire[8:] == [seqs[0]] * (i + 1), wire[8:]  # the oldest alone, a probe
+        _ack(n, seqs[0])  # this one holds: the window opens
+        await _until(lambda: len(wire) >= 20)
+        await _quiet()
+        assert wire[12:] == seqs[1:9], wire[12:]
+    asyncio.run(_run(scenario)(n))
+
+
+def test_a_probe_whose_segment_a_full_store_drops():
+    # probing on a dead link while the store, at its bound, drops the probe's segment: the new
+    # oldest frame is the next probe, and the dead link still gets one frame per timeout
+    n, ticks, wire = _node()
+    st = n.store
+    st.max_segments = 2
+    seqs = []
+    while len(st.segs) < 2:
+        seqs += _emit(n, 1)
+    first = seqs[:-1]  # segment one's frames
+    seg1 = st.segs[0]
+
+    async def scenario(n):
+        await _probing(n, ticks, wire, seqs)
+        wait = 2 * node.ACK_TIMEOUT_MS
+        while st.segs[0] == seg1:  # fill segment two: segment one goes
+            seqs.extend(_emit(n, 1))
+            await asyncio.sleep_ms(0)
+        await _until(lambda: st.dropped > 0)
+        oldest = st.peek() is not None and st.seq
+        assert oldest not in first and st.dropped == len(first), (oldest, st.dropped)
+        await _quiet()
+        assert len(wire) == 9, wire[9:]  # nothing before the timeout
+        _timeout(n, ticks, wait)
+        await _until(lambda: len(wire) >= 10)
+        await _quiet()
+        assert wire[9:] == [oldest], wire[9:]  # the new oldest alone
+        _ack(n, oldest)
+        await _until(lambda: len(wire) >= 18)
+        await _quiet()
+        assert wire[10:] == seqs[len(first) + 1:len(first) + 9], wire[10:]
+        assert n.resends == 1 + 1, n.resends  # the first probe and the new oldest's
+    asyncio.run(_run(scenario)(n))
+
+
+def test_a_new_floor_while_probing():
+    # the gateway moves the epoch's numbers on (a SEQ floor above ours) while the node probes:
+    # the store is renumbered, the probe goes on under the oldest frame's new number
+    n, ticks, wire = _node()
+    seqs = _emit(n, 10)
+    before = [b for _, b in _bodies(n)]
+
+    async def scenario(n):
+        await _probing(n, ticks, wire, seqs)
+        _ack(n, seqs[3])  # kept in acks: renumbering drops it
+        _floor(n, 20000)
+        await _until(lambda: n.move_seg < 0 and len(wire) >= 11)
+        await _quiet()
+        got = _bodies(n)
+        assert [b for _, b in got] == before
+        new = [s for s, _ in got]
+        assert new[0] > 20000 and wire[10:] == [new[0]], (wire[9:], new)
+        _ack(n, seqs[0])  # an ack of an old number: nothing
+        await _quiet()
+        assert len(wire) == 11 and n.store.depth == 10
+        _ack(n, new[0])
+        await _until(lambda: len(wire) >= 19)
+        await _quiet()
+        assert wire[11:] == new[1:9], wire[11:]
+        assert n.resends == 1, n.resends  # the new numbers went once each
+    asyncio.run(_run(scenario)(n))
+
+
+def test_a_reboot_mid_probe_sends_a_window_once():
+    # accepted (docs/node.md, "Sending"): a new boot knows nothing of the link, so its first
+    # send is a window; the timeout after it probes again
+    n, ticks, wire = _node()
+    seqs = _emit(n, 12)
+
+    async def first(n):
+        await _probing(n, ticks, wire, seqs)
+    asyncio.run(_run(first)(n))
+    n = _boot(ticks)
+    del wire[:]
+    n.write = lambda b: wire.append(link.frame_seq(bytes(b)))
+
+    async def scenario(n):
+        await _until(lambda: len(wire) >= 8)
+        await _quiet()
+        assert wire == seqs[:8], wire
+        _timeout(n, ticks, node.ACK_TIMEOUT_MS)
+        await _until(lambda: len(wire) >= 9)
+        await _quiet()
+        assert wire[8:] == [seqs[0]] and n.resends == 1, (wire[8:], n.resends)
+    asyncio.run(_run(scenario)(n))
+
+
 import mptest  # noqa: E402
 
 mptest.run(globals())
