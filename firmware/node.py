@@ -477,6 +477,7 @@ class Node:
         off = 0
         room = WINDOW  # frames that may be in flight: 1 from a timeout to the next release
         top = -1  # the highest sequence number sent: one at or below it goes again
+        up = -1  # self.sent when the sender last saw the link come up
         since = self.ticks_ms()  # the last progress: a frame released, or a first send
         while True:
             self.wake.clear()
@@ -505,15 +506,27 @@ class Node:
             # seq numbers rise through the store: anything in flight below its oldest is gone
             # (released, or dropped by a full store)
             low = store.seq if frame is not None else self.seq.next
+            gone = flight and flight[0] < low
             while flight and flight[0] < low:
                 flight.pop(0)
             while acks and min(acks) < low:
                 acks.remove(min(acks))
+            if gone and room == 1 and not flight and frame is not None:
+                # a full store dropped the probe: the new oldest stands in for it, unsent, so
+                # a dead link still gets one frame per timeout
+                frame = store.peek_after(store.tail_seg, store.tail_off)
+                seg, off = store.at_seg, store.at_off
+                flight.append(store.seq)
             if self.write is None:
+                if flight and self.sent == up:  # this link released nothing: the next one
+                    room = 1  # (a gateway dropping each connection) gets a probe, not a window
+                up = -1
                 flight.clear()
                 seg = -1
                 await self.wake.wait()
                 continue
+            if up < 0:
+                up = self.sent
             if flight and time.ticks_diff(self.ticks_ms(), since) >= backoff:
                 backoff = min(backoff * 2, max(MAX_BACKOFF_MS, base))
                 room = 1
