@@ -207,7 +207,8 @@ class Node:
         self.progress = 0  # advanced by the sensor pipelines only: it feeds the watchdog
         self.sent = 0
         self.flight = []  # the sender's frames in flight (seq numbers), oldest first
-        self.acks = []  # the acked ones among them
+        self.acks = []  # the acked ones among them, and among those sent earlier, unreleased
+        self.top = -1  # the highest sequence number the sender wrote since boot
         self.heap_peak = 0
         self.wake = asyncio.Event()  # a frame stored, an ack, the link up or down
         self.timed = asyncio.Event()
@@ -399,7 +400,9 @@ class Node:
             self.rx_rejects += 1
             return
         if kind == link.ACK:
-            if body in self.flight and body not in self.acks:
+            # a frame sent and not yet released, in flight or not: after a timeout the probe
+            # goes alone, and the window's acks that come late still count (a slow gateway)
+            if type(body) is int and body <= self.top and body not in self.acks:
                 self.acks.append(body)
                 self.wake.set()
             return
@@ -467,7 +470,10 @@ class Node:
         goes again, alone, until the gateway answers (a release): a dead link is not fed a window
         at every timeout, and a link that comes back mid-window (a cable, a cut frame) takes the
         backlog in order instead of the window's later frames before the cut one. Then the rest
-        of the unacked frames go again (the gateway drops copies by sequence number)."""
+        of the unacked frames go again (the gateway drops copies by sequence number). An ack
+        counts for any frame sent and not yet released, so a gateway slower than the timeout
+        releases the window with its probe. A link that drops before releasing anything gets a
+        probe on its next connection, not the window (docs/node.md, "Sending")."""
         store = self.store
         flight = self.flight  # sequence numbers sent and not yet released, ascending
         acks = self.acks  # of those, the ones the gateway acked
@@ -476,7 +482,6 @@ class Node:
         seg = -1  # the cursor: where the next frame to send starts in the store
         off = 0
         room = WINDOW  # frames that may be in flight: 1 from a timeout to the next release
-        top = -1  # the highest sequence number sent: one at or below it goes again
         up = -1  # self.sent when the sender last saw the link come up
         since = self.ticks_ms()  # the last progress: a frame released, or a first send
         while True:
@@ -491,7 +496,7 @@ class Node:
                 flight.clear()
                 acks.clear()
                 seg = -1
-                top = -1  # the store's frames have new numbers
+                self.top = -1  # the store's frames have new numbers
                 await self.renumber()
             frame = store.peek()  # release what is acked, oldest first
             while frame is not None and store.seq in acks:
@@ -548,10 +553,10 @@ class Node:
                 if not flight:
                     since = self.ticks_ms()
                 flight.append(seq)
-                if seq <= top:
+                if seq <= self.top:  # one at or below the highest sent goes again
                     self.resends += 1
                 else:
-                    top = seq
+                    self.top = seq
                 self.write(frame)
             frame = None
             if not flight:
