@@ -510,6 +510,30 @@ def test_a_reboot_mid_probe_sends_a_window_once():
     asyncio.run(_run(scenario)(n))
 
 
+def test_a_tcp_link_down_and_up_while_probing_probes_on_the_new_connection():
+    n, ticks, wire = _node()
+    seqs = _emit(n, 12)
+    write = n.write
+
+    async def scenario(n):
+        await _probing(n, ticks, wire, seqs)
+        n.write = None
+        n.wake.set()
+        await _until(lambda: not n.flight)
+        n.write = write
+        n.wake.set()
+        await _until(lambda: len(wire) >= 10)
+        await _quiet()
+        assert wire[9:] == [seqs[0]], wire[9:]  # the probe again, alone
+        _ack(n, seqs[1])  # the old connection's late ack of a window frame still counts
+        _ack(n, seqs[0])
+        await _until(lambda: len(wire) >= 18)
+        await _quiet()
+        assert wire[10:] == seqs[2:10] and n.store.depth == 10, wire[10:]
+        assert n.resends == 2 + 6, n.resends  # the probes, and 2..7 of the window again
+    asyncio.run(_run(scenario)(n))
+
+
 class Gateway:
     """The gateway as the node sees it: it takes frames off the wire (unless the link loses
     them), keeps the first copy of each sequence number and acks every copy it takes."""
