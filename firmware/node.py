@@ -207,7 +207,8 @@ class Node:
         self.progress = 0  # advanced by the sensor pipelines only: it feeds the watchdog
         self.sent = 0
         self.flight = []  # the sender's frames in flight (seq numbers), oldest first
-        self.acks = []  # the acked ones among them
+        self.acks = []  # the acked ones among them, and among those sent earlier, unreleased
+        self.top = -1  # the highest sequence number the sender wrote since boot
         self.heap_peak = 0
         self.wake = asyncio.Event()  # a frame stored, an ack, the link up or down
         self.timed = asyncio.Event()
@@ -399,7 +400,9 @@ class Node:
             self.rx_rejects += 1
             return
         if kind == link.ACK:
-            if body in self.flight and body not in self.acks:
+            # a frame sent and not yet released, in flight or not: after a timeout the probe
+            # goes alone, and the window's acks that come late still count (a slow gateway)
+            if type(body) is int and body <= self.top and body not in self.acks:
                 self.acks.append(body)
                 self.wake.set()
             return
@@ -467,7 +470,10 @@ class Node:
         goes again, alone, until the gateway answers (a release): a dead link is not fed a window
         at every timeout, and a link that comes back mid-window (a cable, a cut frame) takes the
         backlog in order instead of the window's later frames before the cut one. Then the rest
-        of the unacked frames go again (the gateway drops copies by sequence number)."""
+        of the unacked frames go again (the gateway drops copies by sequence number). An ack
+        counts for any frame sent and not yet released, so a gateway slower than the timeout
+        releases the window with its probe. A link that drops before releasing anything gets a
+        probe on its next connection, not the window (docs/node.md, "Sending")."""
         store = self.store
         flight = self.flight  # sequence numbers sent and not yet released, ascending
         acks = self.acks  # of those, the ones the gateway acked
@@ -476,7 +482,7 @@ class Node:
         seg = -1  # the cursor: where the next frame to send starts in the store
         off = 0
         room = WINDOW  # frames that may be in flight: 1 from a timeout to the next release
-        top = -1  # the highest sequence number sent: one at or below it goes again
+        up = -1  # self.sent when the sender last saw the link come up
         since = self.ticks_ms()  # the last progress: a frame released, or a first send
         while True:
             self.wake.clear()
@@ -490,7 +496,7 @@ class Node:
                 flight.clear()
                 acks.clear()
                 seg = -1
-                top = -1  # the store's frames have new numbers
+                self.top = -1  # the store's frames have new numbers
                 await self.renumber()
             frame = store.peek()  # release what is acked, oldest first
             while frame is not None and store.seq in acks:
@@ -505,15 +511,27 @@ class Node:
             # seq numbers rise through the store: anything in flight below its oldest is gone
             # (released, or dropped by a full store)
             low = store.seq if frame is not None else self.seq.next
+            gone = flight and flight[0] < low
             while flight and flight[0] < low:
                 flight.pop(0)
             while acks and min(acks) < low:
                 acks.remove(min(acks))
+            if gone and room == 1 and not flight and frame is not None:
+                # a full store dropped the probe: the new oldest stands in for it, unsent, so
+                # a dead link still gets one frame per timeout
+                frame = store.peek_after(store.tail_seg, store.tail_off)
+                seg, off = store.at_seg, store.at_off
+                flight.append(store.seq)
             if self.write is None:
+                if flight and self.sent == up:  # this link released nothing: the next one
+                    room = 1  # (a gateway dropping each connection) gets a probe, not a window
+                up = -1
                 flight.clear()
                 seg = -1
                 await self.wake.wait()
                 continue
+            if up < 0:
+                up = self.sent
             if flight and time.ticks_diff(self.ticks_ms(), since) >= backoff:
                 backoff = min(backoff * 2, max(MAX_BACKOFF_MS, base))
                 room = 1
@@ -535,10 +553,10 @@ class Node:
                 if not flight:
                     since = self.ticks_ms()
                 flight.append(seq)
-                if seq <= top:
+                if seq <= self.top:  # one at or below the highest sent goes again
                     self.resends += 1
                 else:
-                    top = seq
+                    self.top = seq
                 self.write(frame)
             frame = None
             if not flight:
