@@ -46,6 +46,33 @@ def _read_int(path, default=0):
         return default
 
 
+def _read_pair(path, base):
+    """Two epoch seconds kept in flash, as seconds since base: (0, 0), an empty range, when
+    missing or beyond small ints."""
+    try:
+        with open(path) as f:
+            a, b = [int(x) - base for x in f.read().split()]
+    except (OSError, ValueError):
+        return 0, 0
+    if -SPAN <= a <= b <= SPAN:
+        return a, b
+    return 0, 0
+
+
+def _write_pair(path, a, b):
+    """Two epoch seconds, or none (a == b: the file goes)."""
+    import os
+    if a == b:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        return
+    with open(path + ".new", "w") as f:
+        f.write("%d %d" % (a, b))
+    os.rename(path + ".new", path)
+
+
 def _write_int(path, value):
     with open(path + ".new", "w") as f:
         f.write(str(value))
@@ -197,7 +224,15 @@ class Node:
         # no interval may start before one already opened (seconds since the clock's base)
         self.floor = min(max(_read_int("floor") - self.clock.base, -SPAN), SPAN)
         self._phase = self.clock.base % self.interval
-        self.leaps = []  # (first, end of the filled ones, end): interval starts a step leapt
+        self.leaps = []  # (first, first flagged, end): interval starts a step leapt; [first,
+        # first flagged) is a gap (a step beyond LEAP_FILL), the rest is flagged
+        # the starts the last step beyond the fill left unflagged, never emitted: a step back
+        # into them undoes that step (docs/node.md, "Clock")
+        self.gap_lo, self.gap_hi = _read_pair("gap", self.clock.base)
+        # starts emitted while the clock ran ahead, and since undone: skipped when the clock
+        # gets there (a walker still among them goes on at resume, the true time's start)
+        self.ahead_lo, self.ahead_hi = _read_pair("ahead", self.clock.base)
+        self.resume = self.ahead_hi
         self.walkers = []  # every task's Intervals: a leap is kept until all have passed it
         self.ticks_ms = ticks_ms
         self.started = ticks_ms()
@@ -295,17 +330,24 @@ class Node:
         interval runs on until the clock passes its end."""
         s = self.clock.tick()
         s -= (s + self._phase) % self.interval
+        if self.ahead_lo <= s < self.ahead_hi:  # emitted while the clock ran ahead
+            s = self.ahead_hi
         if s < self.floor:
             return self.floor
         self.floor = s
         return s
 
     def next_interval(self, s):
-        """The start of the interval after the one starting at s (past a step's unfilled leap)."""
+        """The start of the interval after the one starting at s (past a step's unfilled leap,
+        and past the starts a clock run ahead emitted)."""
         n = s + self.interval - (s + self._phase) % self.interval
-        for _lo, cap, hi in self.leaps:
-            if cap <= n < hi:
-                return hi
+        for lo, mid, _hi in self.leaps:
+            if lo <= n < mid:
+                return mid
+        if self.ahead_lo <= s < self.ahead_hi:  # a task closing them after the undo: the
+            return n if n < self.ahead_hi else self.resume  # last goes on at the true time
+        if self.ahead_lo <= n < self.ahead_hi:
+            return self.ahead_hi
         return n
 
     def epoch_s(self, s):
@@ -313,21 +355,22 @@ class Node:
 
     def leapt(self, s):
         """Whether a clock step forward leapt over the interval starting at s."""
-        for lo, cap, _hi in self.leaps:
-            if lo <= s < cap:
+        for _lo, mid, hi in self.leaps:
+            if mid <= s < hi:
                 return True
         return False
 
-    def _leap(self, lo, cap, hi):
-        """Skip [lo, hi) on every task's walk, flagging [lo, cap). A leap is kept until every task
+    def _leap(self, lo, mid, hi):
+        """Skip [lo, mid) on every task's walk, flagging [mid, hi). A leap is kept until every task
         has walked past it (dropped sooner, a task lagging behind a burst of steps closed its gap
         one by one as empty intervals); beyond LEAPS the oldest two merge: the measured
         intervals between them are a gap then, never a flood nor a record set invented."""
         oldest = min(w.start for w in self.walkers) if self.walkers else hi
         leaps = [x for x in self.leaps if x[2] > oldest]
-        leaps.append((lo, cap, hi))
+        leaps.append((lo, mid, hi))
+        leaps.sort()  # in time order (an undone step leaves leaps ahead of the clock)
         if len(leaps) > LEAPS:
-            leaps[:2] = [(leaps[0][0], leaps[0][1], leaps[1][2])]
+            leaps[:2] = [(leaps[0][0], leaps[1][1], leaps[1][2])]
         self.leaps = leaps
 
     def set_time(self, ms):
@@ -338,13 +381,49 @@ class Node:
         if step:
             self.hw.set_epoch_ms(self.clock.now_ms())  # the RTC keeps it over a reset
             if step < 0:
+                s = self.clock.tick()
+                s -= (s + self._phase) % self.interval
+                if self.gap_lo <= s < self.gap_hi:
+                    self._undo(s)
                 # a reboot must not reopen earlier intervals
                 _write_int("floor", self.epoch_s(self.floor))
             else:
                 lo = self.next_interval(was)
                 hi = self.interval_start()
                 if lo < hi:  # every task closes these in turn, flagged (docs/node.md, "Clock")
-                    self._leap(lo, min(hi, lo + LEAP_FILL * self.interval), hi)
+                    mid = max(lo, hi - LEAP_FILL * self.interval)
+                    g_lo, g_hi = lo, mid
+                    if lo < self.ahead_hi and self.ahead_lo < hi:  # back over an undone stretch:
+                        mid = max(mid, min(hi, self.ahead_hi))  # its starts are not flagged
+                        if self.ahead_lo > lo:  # nor taken for never emitted
+                            g_hi = min(mid, self.ahead_lo)
+                        else:
+                            g_lo, g_hi = self.ahead_hi, mid
+                    self._leap(lo, mid, hi)
+                    if g_lo < g_hi:  # never emitted: a step back into them undoes this one
+                        self.gap_lo, self.gap_hi = g_lo, g_hi
+                        _write_pair("gap", self.epoch_s(g_lo), self.epoch_s(g_hi))
+
+    def _undo(self, s):
+        """A step back to s, among the starts the last step beyond the fill left unemitted: that
+        step was wrong (a gateway clock run ahead, set right). The interval in progress closes
+        under its own start, as at a step forward, and every task goes on at s; the starts
+        emitted ahead, [gap_hi, the interval in progress's end), are skipped when the clock
+        gets there, and those from the leap's first to s stay a gap."""
+        f = self.floor
+        lo, hi = self.gap_hi, f + self.interval - (f + self._phase) % self.interval
+        if s < self.ahead_lo < self.ahead_hi:  # an earlier undo's, still ahead: one range
+            lo, hi = min(lo, self.ahead_lo), max(hi, self.ahead_hi)  # holds both
+        self.ahead_lo, self.ahead_hi, self.resume = lo, hi, s
+        _write_pair("ahead", self.epoch_s(self.ahead_lo), self.epoch_s(self.ahead_hi))
+        # the undone leap's flagged starts lie ahead now, among the skipped ones: no flags
+        # when the clock gets there; a task still behind it skips the starts to s
+        self.leaps = [x for x in self.leaps if not x[0] <= s < x[2]]
+        if self.gap_lo < s:
+            self._leap(self.gap_lo, s, s)
+        self.gap_lo = self.gap_hi = 0
+        _write_pair("gap", 0, 0)
+        self.floor = s
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go
 
@@ -440,7 +519,7 @@ class Node:
             lo = self.next_interval(was)
             hi = self.next_interval(self.clock.tick())
             if lo < hi:
-                self._leap(lo, lo, hi)
+                self._leap(lo, hi, hi)
         elif op == "reboot":
             self.reboot_requested = True
         elif op == "calibration" and isinstance(body.get("value"), (int, float)):
@@ -686,8 +765,11 @@ class Intervals:
         node.walkers.append(self)
 
     def ended(self):
-        """The oldest interval not yet closed has ended."""
-        return self.start < self.node.interval_start()
+        """The oldest interval not yet closed has ended (one the clock ran ahead to has, once
+        a step back undid that: docs/node.md, "Clock")."""
+        n = self.node
+        s = self.start
+        return s < n.interval_start() or n.ahead_lo <= s < n.ahead_hi
 
     def late(self):
         """More than that one has ended."""
@@ -707,6 +789,8 @@ class Intervals:
         n = self.node
         now_us = time.ticks_us()
         late = n.clock.since_ms(n.next_interval(self.start))
+        if late < 0:  # it ends ahead of the clock: closed early by an undone step, or skipped to
+            late = 0
         d = time.ticks_diff(now_us, prev_us) // 1000
         if 0 <= d < late:
             late = d

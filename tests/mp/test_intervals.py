@@ -322,7 +322,8 @@ def test_an_interval_shortened_mid_interval_invents_no_intervals_already_measure
 def test_steps_forward_in_a_burst_keep_every_leap_flagged_and_its_gap_unfilled():
     # a gateway (or its clock daemon) stepping forward six times before the pipeline runs again:
     # each step's leapt intervals stay flagged, and the starts beyond a step's fill stay a gap
-    # (not closed one by one as empty intervals: a flood of frames into flash)
+    # (not closed one by one as empty intervals: a flood of frames into flash); the fill is
+    # the 120 starts before the new time, the gap those after the last measured interval
     ticks = Ticks()
     n = _node("energy", ticks, DAY0)
     shift = [0]
@@ -336,9 +337,9 @@ def test_steps_forward_in_a_burst_keep_every_leap_flagged_and_its_gap_unfilled()
     ts = [t for t, _ in n.emitted]
     assert ts == sorted(set(ts)), ts
     leapt = [t for t, r in n.emitted if r == node.LEAPT]
-    assert leapt[:120] == list(range(t0 + 4, t0 + 124)), [t - t0 for t in ts]
+    assert leapt[:120] == list(range(t0 + 83, t0 + 203)), [t - t0 for t in ts]
     assert len(n.emitted) < 120 + 5 * 3 + 12, (len(n.emitted), leapt[120:])
-    assert [t for t in ts if t0 + 124 <= t < t0 + 200] == [], ts
+    assert [t for t in ts if t0 + 4 <= t < t0 + 83] == [], ts
 
 
 def test_a_reset_after_a_slew_forward_reopens_no_interval_already_closed():
@@ -393,6 +394,180 @@ def test_an_interval_beyond_a_day_or_not_a_number_is_refused_and_counted():
     check_every_interval(n, t0, n.emitted[-1][0])
     assert n.emitted[-1][0] >= t0 + 6 and n.interval == 1, (n.emitted[-1][0] - t0, n.interval)
     assert n.rx_rejects == rejects + len(bad), n.rx_rejects - rejects
+
+
+# --- a step forward undone: a gateway clock run ahead, then set right ---------------------------
+YEAR_MS = 365 * 86400 * 1000
+
+
+def test_a_year_ahead_undone_resumes_at_true_time_and_repeats_no_start():
+    # the energy pipeline and a health walker that runs once a second, after the time frame:
+    # it is among the year-ahead intervals when the step back comes and closes them then
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    hv = node.Intervals(n)
+    health = []
+
+    def tick(fn=None):
+        def ev():
+            if fn:
+                fn()
+            while hv.ended():
+                health.append(n.epoch_s(hv.start))
+                hv.close(None)
+        return ev
+    ev = dict((k, tick()) for k in range(12))
+    ev[3] = tick(lambda: step(n, ticks, YEAR_MS))
+    ev[6] = tick(lambda: step(n, ticks, 0))
+    _energy_run(n, ticks, 12, ev)
+    t0 = _grid(DAY0)
+    ts = [t for t, _ in n.emitted]
+    assert len(ts) == len(set(ts)), "a start twice"
+    assert len(health) == len(set(health)), "a health start twice"
+    y = YEAR_MS // 1000
+    # before: measured to t0+3; ahead: the 120 flagged before the year's start, then measured
+    assert [t - t0 for t in ts if t < t0 + 6] == [0, 1, 2, 3], [t - t0 for t in ts]
+    leapt = [t for t, r in n.emitted if r == node.LEAPT]
+    assert leapt == list(range(t0 + y + 3 - 120, t0 + y + 3)), [t - t0 for t in leapt][:3]
+    # the interval in progress at the step back closed under its own start, then the true time
+    assert t0 + y + 6 in ts and t0 + y + 6 in health, [t - t0 - y for t in ts if t > t0 + y]
+    true = [t - t0 for t, r in n.emitted if t0 + 6 <= t < t0 + y - 200]
+    assert true[0] == 6 and true == list(range(6, true[-1] + 1)) and true[-1] >= 10, true
+    assert [t - t0 for t in health if t0 + 6 <= t < t0 + y - 200][:5] == [6, 7, 8, 9, 10], (
+        [t - t0 for t in health])
+    assert all(r != node.LEAPT for t, r in n.emitted if t < t0 + y - 120)
+    # none of the undone step's flagged starts is left to flag again when the clock gets there
+    assert all(mid == hi or hi <= n.floor for lo, mid, hi in n.leaps), n.leaps
+    assert n.epoch_s(n.ahead_lo) == t0 + y + 3 - 120 and n.epoch_s(n.ahead_hi) == t0 + y + 7, (
+        n.epoch_s(n.ahead_lo) - t0 - y, n.epoch_s(n.ahead_hi) - t0 - y)
+
+
+def _walk(n, ticks, tenths, events, out, flagged):
+    """One task's walk at 100 ms steps; events: {tenth of a second: fn()}."""
+    iv = n.walkers[0] if n.walkers else node.Intervals(n)
+    for k in range(tenths):
+        if k in events:
+            events[k]()
+        ticks.add(100)
+        while iv.ended():
+            out.append(n.epoch_s(iv.start))
+            if n.leapt(iv.start):
+                flagged.append(out[-1])
+            iv.close(None)
+
+
+def test_when_the_clock_reaches_the_starts_emitted_ahead_it_skips_them_unflagged():
+    # 200 s ahead at 1 s intervals (beyond the fill: a gap 4..82, 83..202 flagged), 4 s there,
+    # then set right at 7 s; the true clock then runs through 83..207, which were emitted ahead
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    _walk(n, ticks, 2600, {30: lambda: step(n, ticks, 200000), 70: lambda: step(n, ticks, 0)},
+          out, flagged)
+    t0 = _grid(DAY0)
+    rel = [t - t0 for t in out]
+    assert len(out) == len(set(out)), rel
+    assert [t - t0 for t in flagged] == list(range(83, 203)), [t - t0 for t in flagged]
+    ahead = rel.index(207)
+    assert rel[:ahead + 1] == [0, 1, 2, 3] + list(range(83, 208)), rel[:ahead + 1]
+    # the true time from the step back, past the starts emitted ahead, nothing flagged again
+    assert rel[ahead + 1:] == list(range(7, 83)) + list(range(208, rel[-1] + 1)), rel[ahead + 1:]
+    assert rel[-1] >= 255 and len(flagged) == 120, rel[-1]
+
+
+def test_a_second_stretch_ahead_after_an_undo_repeats_no_start():
+    # 200 s ahead at 3 s, set right at 7 s, 200 s ahead again at 12 s (over the starts emitted
+    # the first time: not flagged again, nor taken for never emitted), set right at 15 s
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    ev = {30: lambda: step(n, ticks, 200000), 70: lambda: step(n, ticks, 0),
+          120: lambda: step(n, ticks, 200000), 150: lambda: step(n, ticks, 0)}
+    _walk(n, ticks, 2400, ev, out, flagged)
+    t0 = _grid(DAY0)
+    rel = [t - t0 for t in out]
+    assert len(out) == len(set(out)), [t for t in rel if rel.count(t) > 1]
+    assert [t - t0 for t in flagged] == list(range(83, 203)) + list(range(208, 212)), (
+        [t - t0 for t in flagged])
+    # the true time from 15 s on, past everything emitted ahead, to the end of the run
+    i = rel.index(15)
+    assert rel[i:] == list(range(15, 83)) + list(range(216, rel[-1] + 1)), rel[i:]
+    assert rel[-1] >= 235, rel[-1]
+
+def test_a_step_back_that_undoes_no_leap_holds_as_before():
+    # forward 200 s, then back 210 s: before the first start the step left unemitted (the
+    # node was right before the step forward, and this step back is wrong): held, not undone;
+    # and back 100 s from a fill: among starts emitted, held
+    t0 = _grid(DAY0)
+    for back, held in ((210000, 207), (100000, 207)):
+        ticks = Ticks()
+        n = _node("energy", ticks, DAY0)
+        out, flagged = [], []
+        _walk(n, ticks, 100, {30: lambda: step(n, ticks, 200000),
+                             70: lambda: step(n, ticks, 200000 - back)}, out, flagged)
+        rel = [t - t0 for t in out]
+        assert rel == sorted(set(rel)), rel
+        assert n.ahead_lo == n.ahead_hi and n.epoch_s(n.floor) == t0 + held, (rel, n.ahead_lo)
+        assert rel[-1] == held - 1, rel[-3:]  # the interval in progress at the step back runs on
+    # and 10 min back with no leap before it: the interval in progress is held
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    _walk(n, ticks, 200, {50: lambda: step(n, ticks, -600000)}, out, flagged)
+    assert [t - t0 for t in out] == [0, 1, 2, 3, 4], [t - t0 for t in out]
+    assert n.epoch_s(n.floor) == t0 + 5 and n.ahead_lo == n.ahead_hi
+
+
+def _reboot(n, ticks, rtc=None):
+    """A reset: a new node from the same flash, its clock from the board's RTC (by default as
+    last set: one that has not run on since)."""
+    again = node.Node(n.cfg, Board(n.hw.rtc if rtc is None else rtc), ticks)
+    again.emitted = n.emitted
+    again.emit = lambda t, records: again.emitted.append((t, records))
+    return again
+
+
+def test_a_reset_right_after_the_undo_reopens_no_earlier_start():
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    _walk(n, ticks, 69, {30: lambda: step(n, ticks, YEAR_MS), 60: lambda: step(n, ticks, 0)},
+          out, flagged)
+    t0 = _grid(DAY0)
+    y = YEAR_MS // 1000
+    assert [t - t0 for t in out if t < t0 + y - 200] == [0, 1, 2, 3], [t - t0 for t in out]
+    assert t0 + y + 6 in out, [t - t0 - y for t in out if t > t0]
+    # 0.9 s after the undo, the interval 6 still open: the RTC holds the step back's time (a
+    # board's runs on from it; this one stays), the floor in flash keeps every walk at 6 or
+    # later: none of 0..3 nor the year ahead opens again
+    again = _reboot(n, ticks)
+    assert again.epoch_s(node.Intervals(again).start) == t0 + 6, again.epoch_s(again.floor) - t0
+    assert again.epoch_s(again.interval_start()) == t0 + 6
+    assert (again.epoch_s(again.ahead_lo), again.epoch_s(again.ahead_hi)) == (
+        n.epoch_s(n.ahead_lo), n.epoch_s(n.ahead_hi))
+    assert again.gap_lo == again.gap_hi  # undone: no second undo of it
+    out2 = []
+    _walk(again, ticks, 40, {}, out2, flagged)
+    assert [t - t0 for t in out2] == [6, 7, 8, 9], [t - t0 for t in out2]
+    assert not set(out2) & set(out)
+
+
+def test_a_reset_while_ahead_keeps_the_undo():
+    # the node resets during the year-ahead stretch: the unemitted starts are in flash, so the
+    # step back still finds the true time
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    _walk(n, ticks, 50, {30: lambda: step(n, ticks, YEAR_MS)}, out, flagged)
+    again = _reboot(n, ticks, n.epoch_ms())  # an RTC that ran on (one that did not repeats
+    # the starts since its setting whatever the step: not this case's matter)
+    _walk(again, ticks, 60, {20: lambda: step(again, ticks, 0)}, out, flagged)
+    t0 = _grid(DAY0)
+    y = YEAR_MS // 1000
+    assert len(out) == len(set(out)), [t - t0 for t in out]
+    true = [t - t0 for t in out if t < t0 + y - 200]
+    assert true[:4] == [0, 1, 2, 3] and true[4:] == list(range(7, true[-1] + 1)), true
+    assert true[-1] >= 9, true
 
 
 if __name__ == "__main__":
