@@ -403,6 +403,8 @@ class Node:
                     if g_lo < g_hi:  # never emitted: a step back into them undoes this one
                         self.gap_lo, self.gap_hi = g_lo, g_hi
                         _write_pair("gap", self.epoch_s(g_lo), self.epoch_s(g_hi))
+        if not self.pending:
+            self.timed.set()  # the gateway has answered: time, and where our numbers go
 
     def _undo(self, s):
         """A step back to s, among the starts the last step beyond the fill left unemitted: that
@@ -424,8 +426,6 @@ class Node:
         self.gap_lo = self.gap_hi = 0
         _write_pair("gap", 0, 0)
         self.floor = s
-        if not self.pending:
-            self.timed.set()  # the gateway has answered: time, and where our numbers go
 
     # --- records ---------------------------------------------------------------------------
     def emit(self, t, records):

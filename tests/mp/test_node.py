@@ -166,6 +166,26 @@ def test_boot_count_and_crash_loop_fall_back_to_link_only():
     assert not _node(Board(DAY0), ticks).safe
 
 
+def _floor_frame(n, floor):
+    _gw_seq[0] += 1
+    body = {"epoch": n.epoch, "floor": floor}
+    return link.encode_frame(binascii.unhexlify(KEY), link.SEQ, "n1", _gw_seq[0], body)[:-1]
+
+
+def test_the_gateways_answer_ends_the_wait_for_time():
+    # the hello's answer, its floor then the time, sets `timed`, slewed or stepped: the pipeline
+    # starts at once (an undo's refactor left the set in Node._undo: every boot waited out
+    # TIME_WAIT_MS * 2 before its pipeline started, seen in hil_tests/test_faults_node.py)
+    for error_ms in (200, 5000, -5000):
+        _fresh_dir()
+        ticks = Ticks()
+        n = _node(Board(DAY0), ticks)
+        n.on_frame(_floor_frame(n, 0))
+        assert not n.pending and not n.timed.is_set()
+        n.on_frame(time_frame(DAY0 + error_ms))
+        assert n.timed.is_set(), error_ms
+
+
 def test_replayed_time_frame_is_rejected():
     _fresh_dir()
     ticks = Ticks()
