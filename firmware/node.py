@@ -34,6 +34,7 @@ LEAP_FILL = const(120)  # a step forward fills at most this many leapt intervals
 SPAN = const(0x1FFFFFFF)  # clock seconds kept within small ints either side of the base
 INTERVAL_MAX = const(86400)  # an interval command beyond a day is refused, as the gateway does
 LEAPS = const(8)  # leaps kept while a task lags behind them
+AHEADS = const(4)  # undone stretches ahead kept apart (beyond, the two nearest merge)
 LEAPT = [("clock_leapt", "count", 1)]  # the record of an interval the clock stepped over
 RX_FRAME = const(256)  # the longest downlink frame kept (COBS bytes)
 
@@ -57,6 +58,25 @@ def _read_pair(path, base):
     if -SPAN <= a <= b <= SPAN:
         return a, b
     return 0, 0
+
+
+def _read_ranges(path, base):
+    """Ranges [lo, hi) of epoch seconds kept in flash as "lo hi lo hi ...", as seconds since
+    base, in order and apart: none when missing, damaged or beyond small ints."""
+    try:
+        with open(path) as f:
+            v = [int(x) - base for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+    if len(v) % 2 or len(v) > 2 * AHEADS:
+        return []
+    out = []  # type: list
+    for i in range(0, len(v), 2):
+        a, b = v[i], v[i + 1]
+        if not (-SPAN <= a < b <= SPAN) or (out and a <= out[-1][1]):
+            return []
+        out.append((a, b))
+    return out
 
 
 def _write_pair(path, a, b):
@@ -231,8 +251,10 @@ class Node:
         self.gap_lo, self.gap_hi = _read_pair("gap", self.clock.base)
         # starts emitted while the clock ran ahead, and since undone: skipped when the clock
         # gets there (a walker still among them goes on at resume, the true time's start)
-        self.ahead_lo, self.ahead_hi = _read_pair("ahead", self.clock.base)
-        self.resume = self.ahead_hi
+        # (in time order, apart: a stretch ahead undone, corrected partway and undone again
+        # leaves two, and the never-emitted starts between them are not skipped)
+        self.aheads = _read_ranges("ahead", self.clock.base)
+        self.resume = None  # None: a walker among them goes on at the range's end
         self.walkers = []  # every task's Intervals: a leap is kept until all have passed it
         self.ticks_ms = ticks_ms
         self.started = ticks_ms()
@@ -330,8 +352,9 @@ class Node:
         interval runs on until the clock passes its end."""
         s = self.clock.tick()
         s -= (s + self._phase) % self.interval
-        if self.ahead_lo <= s < self.ahead_hi:  # emitted while the clock ran ahead
-            s = self.ahead_hi
+        h = self.ahead_end(s)
+        if h is not None:  # emitted while the clock ran ahead
+            s = h
         if s < self.floor:
             return self.floor
         self.floor = s
@@ -344,11 +367,18 @@ class Node:
         for lo, mid, _hi in self.leaps:
             if lo <= n < mid:
                 return mid
-        if self.ahead_lo <= s < self.ahead_hi:  # a task closing them after the undo: the
-            return n if n < self.ahead_hi else self.resume  # last goes on at the true time
-        if self.ahead_lo <= n < self.ahead_hi:
-            return self.ahead_hi
-        return n
+        h = self.ahead_end(s)
+        if h is not None:  # a task closing them after the undo: the last goes on at the true
+            return n if n < h else (h if self.resume is None else self.resume)  # time
+        h = self.ahead_end(n)
+        return n if h is None else h
+
+    def ahead_end(self, s):
+        """The end of the undone stretch ahead holding start s, None if none does."""
+        for lo, hi in self.aheads:
+            if lo <= s < hi:
+                return hi
+        return None
 
     def epoch_s(self, s):
         return self.clock.base + s
@@ -392,13 +422,16 @@ class Node:
                 hi = self.interval_start()
                 if lo < hi:  # every task closes these in turn, flagged (docs/node.md, "Clock")
                     mid = max(lo, hi - LEAP_FILL * self.interval)
-                    g_lo, g_hi = lo, mid
-                    if lo < self.ahead_hi and self.ahead_lo < hi:  # back over an undone stretch:
-                        mid = max(mid, min(hi, self.ahead_hi))  # its starts are not flagged
-                        if self.ahead_lo > lo:  # nor taken for never emitted
-                            g_hi = min(mid, self.ahead_lo)
-                        else:
-                            g_lo, g_hi = self.ahead_hi, mid
+                    g_lo = lo
+                    for a_lo, a_hi in self.aheads:  # back over undone stretches: their starts
+                        if lo < a_hi and a_lo < hi:  # are not flagged
+                            mid = max(mid, min(hi, a_hi))
+                            if a_lo <= lo:
+                                g_lo = a_hi
+                    g_hi = mid
+                    for a_lo, _a_hi in self.aheads:  # nor taken for never emitted
+                        if g_lo <= a_lo < g_hi:
+                            g_hi = a_lo
                     self._leap(lo, mid, hi)
                     if g_lo < g_hi:  # never emitted: a step back into them undoes this one
                         self.gap_lo, self.gap_hi = g_lo, g_hi
@@ -412,17 +445,30 @@ class Node:
         gets there, and those from the leap's first to s stay a gap."""
         f = self.floor
         lo, hi = self.gap_hi, f + self.interval - (f + self._phase) % self.interval
-        if s < self.ahead_lo < self.ahead_hi:  # an earlier undo's, still ahead: one range
-            lo, hi = min(lo, self.ahead_lo), max(hi, self.ahead_hi)  # holds both
-        self.ahead_lo, self.ahead_hi, self.resume = lo, hi, s
-        _write_pair("ahead", self.epoch_s(self.ahead_lo), self.epoch_s(self.ahead_hi))
+        # the earlier undos' ranges and this one, in order; touching ones merge
+        rs = []  # type: list
+        for a in sorted(self.aheads + [(lo, hi)] if lo < hi else self.aheads):
+            if rs and a[0] <= rs[-1][1]:
+                rs[-1] = (rs[-1][0], max(rs[-1][1], a[1]))
+            else:
+                rs.append(a)
+        while len(rs) > AHEADS:  # the two nearest become one (its starts between: skipped)
+            k = min(range(len(rs) - 1), key=lambda i: rs[i + 1][0] - rs[i][1])
+            rs[k:k + 2] = [(rs[k][0], rs[k + 1][1])]
+        self.aheads, self.resume = rs, s
+        with open("ahead.new", "w") as fl:
+            fl.write(" ".join("%d %d" % (self.epoch_s(a), self.epoch_s(b)) for a, b in rs))
+        import os
+        os.rename("ahead.new", "ahead")
         # the undone leap's flagged starts lie ahead now, among the skipped ones: no flags
         # when the clock gets there; a task still behind it skips the starts to s
         self.leaps = [x for x in self.leaps if not x[0] <= s < x[2]]
         if self.gap_lo < s:
             self._leap(self.gap_lo, s, s)
-        self.gap_lo = self.gap_hi = 0
-        _write_pair("gap", 0, 0)
+        # the starts from the gap's first to s stay never emitted: a step back among them (a
+        # correction partway, then the true time) undoes this stretch too
+        self.gap_hi = max(self.gap_lo, s)
+        _write_pair("gap", self.epoch_s(self.gap_lo), self.epoch_s(self.gap_hi))
         self.floor = s
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go
@@ -769,7 +815,7 @@ class Intervals:
         a step back undid that: docs/node.md, "Clock")."""
         n = self.node
         s = self.start
-        return s < n.interval_start() or n.ahead_lo <= s < n.ahead_hi
+        return s < n.interval_start() or n.ahead_end(s) is not None
 
     def late(self):
         """More than that one has ended."""

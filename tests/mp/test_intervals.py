@@ -438,8 +438,8 @@ def test_a_year_ahead_undone_resumes_at_true_time_and_repeats_no_start():
     assert all(r != node.LEAPT for t, r in n.emitted if t < t0 + y - 120)
     # none of the undone step's flagged starts is left to flag again when the clock gets there
     assert all(mid == hi or hi <= n.floor for lo, mid, hi in n.leaps), n.leaps
-    assert n.epoch_s(n.ahead_lo) == t0 + y + 3 - 120 and n.epoch_s(n.ahead_hi) == t0 + y + 7, (
-        n.epoch_s(n.ahead_lo) - t0 - y, n.epoch_s(n.ahead_hi) - t0 - y)
+    assert [(n.epoch_s(a) - t0 - y, n.epoch_s(b) - t0 - y) for a, b in n.aheads] == [
+        (3 - 120, 7)], n.aheads
 
 
 def _walk(n, ticks, tenths, events, out, flagged):
@@ -507,7 +507,7 @@ def test_a_step_back_that_undoes_no_leap_holds_as_before():
                              70: lambda: step(n, ticks, 200000 - back)}, out, flagged)
         rel = [t - t0 for t in out]
         assert rel == sorted(set(rel)), rel
-        assert n.ahead_lo == n.ahead_hi and n.epoch_s(n.floor) == t0 + held, (rel, n.ahead_lo)
+        assert n.aheads == [] and n.epoch_s(n.floor) == t0 + held, (rel, n.aheads)
         assert rel[-1] == held - 1, rel[-3:]  # the interval in progress at the step back runs on
     # and 10 min back with no leap before it: the interval in progress is held
     ticks = Ticks()
@@ -515,7 +515,7 @@ def test_a_step_back_that_undoes_no_leap_holds_as_before():
     out, flagged = [], []
     _walk(n, ticks, 200, {50: lambda: step(n, ticks, -600000)}, out, flagged)
     assert [t - t0 for t in out] == [0, 1, 2, 3, 4], [t - t0 for t in out]
-    assert n.epoch_s(n.floor) == t0 + 5 and n.ahead_lo == n.ahead_hi
+    assert n.epoch_s(n.floor) == t0 + 5 and n.aheads == []
 
 
 def _reboot(n, ticks, rtc=None):
@@ -543,9 +543,10 @@ def test_a_reset_right_after_the_undo_reopens_no_earlier_start():
     again = _reboot(n, ticks)
     assert again.epoch_s(node.Intervals(again).start) == t0 + 6, again.epoch_s(again.floor) - t0
     assert again.epoch_s(again.interval_start()) == t0 + 6
-    assert (again.epoch_s(again.ahead_lo), again.epoch_s(again.ahead_hi)) == (
-        n.epoch_s(n.ahead_lo), n.epoch_s(n.ahead_hi))
-    assert again.gap_lo == again.gap_hi  # undone: no second undo of it
+    assert [(again.epoch_s(a), again.epoch_s(b)) for a, b in again.aheads] == [
+        (n.epoch_s(a), n.epoch_s(b)) for a, b in n.aheads]
+    # undone: what is left of the gap lies before the new start (never emitted either)
+    assert again.epoch_s(again.gap_hi) <= t0 + 6, again.epoch_s(again.gap_hi) - t0
     out2 = []
     _walk(again, ticks, 40, {}, out2, flagged)
     assert [t - t0 for t in out2] == [6, 7, 8, 9], [t - t0 for t in out2]
@@ -568,6 +569,30 @@ def test_a_reset_while_ahead_keeps_the_undo():
     true = [t - t0 for t in out if t < t0 + y - 200]
     assert true[:4] == [0, 1, 2, 3] and true[4:] == list(range(7, true[-1] + 1)), true
     assert true[-1] >= 9, true
+
+
+def test_a_year_ahead_set_back_partway_then_right_goes_on_at_true_time():
+    # a gateway a year ahead at 3 s, corrected to half a year ahead at 6 s (into the gap: undone
+    # to there), then set right at 10 s: the true time goes on at once, not half a year later;
+    # no start twice, and the never-emitted starts between the two stretches are not skipped
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    half = YEAR_MS // 2
+    _walk(n, ticks, 200, {30: lambda: step(n, ticks, YEAR_MS), 60: lambda: step(n, ticks, half),
+                          100: lambda: step(n, ticks, 0)}, out, flagged)
+    t0 = _grid(DAY0)
+    rel = [t - t0 for t in out]
+    assert len(out) == len(set(out)), [t for t in rel if rel.count(t) > 1]
+    h = half // 1000
+    assert [t for t in rel if h <= t < h + 200] == [h + 6, h + 7, h + 8, h + 9, h + 10], (
+        [t - h for t in rel if h <= t < h + 200])
+    true = [t for t in rel if t < h]
+    assert true[:4] == [0, 1, 2, 3] and true[4:] == list(range(10, true[-1] + 1)), true
+    assert true[-1] >= 18, true
+    # half a year on, the true clock reaches the starts between the stretches: not skipped
+    for t in (h + 12, h + 1000, YEAR_MS // 1000 - 200):
+        assert n.next_interval(t0 + t - 1 - n.clock.base) == t0 + t - n.clock.base, t
 
 
 if __name__ == "__main__":
