@@ -29,6 +29,7 @@ TIME_WAIT_MS = const(5000)
 STEP_MS = const(2000)  # a clock error beyond this is stepped, a smaller one slewed
 SLEW_SHIFT = const(8)  # slew by at most 1/256 of the time elapsed (3.9 ms per second)
 PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
+FUTURE_MS = 4102444800000  # 2100-01-01: a time frame from this on is refused (docs/node.md)
 CRASH_BOOTS = const(3)
 LEAP_FILL = const(120)  # a step forward fills at most this many leapt intervals (docs/node.md)
 SPAN = const(0x1FFFFFFF)  # clock seconds kept within small ints either side of the base
@@ -540,7 +541,7 @@ class Node:
         self.gw_seq = seq
         _write_int("gwseq", seq)  # before acting on it: a reboot must not take it again
         if kind == link.TIME:
-            if isinstance(body, int) and body >= PLAUSIBLE_MS:
+            if isinstance(body, int) and PLAUSIBLE_MS <= body < FUTURE_MS:
                 self.set_time(body)
             else:  # a gateway booted without its clock (a Pi has no RTC: 1970)
                 self.rx_rejects += 1

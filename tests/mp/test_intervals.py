@@ -304,6 +304,27 @@ def cmd_frame(body):
     return link.encode_frame(binascii.unhexlify(KEY), link.CMD, "n1", _gw_seq[0], body)[:-1]
 
 
+def test_a_time_from_2100_on_is_refused_and_the_rtc_is_not_set_to_it():
+    # a gateway's time of 10**30 ms (a corrupt NTP answer) went to the RTC: firmware/hw.py hands
+    # it to time.gmtime, which the unix port's segfaults on (10**27 s); 2100 is the bound (an
+    # epoch second beyond small ints either way); up to it, and 2038's 2**31 s, are taken
+    t0 = _grid(DAY0)
+    for ms, taken in ((10 ** 30, False), (2 ** 62, False), (4102444800000, False),
+                      (4102444799000, True), (2 ** 31 * 1000, True), (-(2 ** 62), False)):
+        ticks = Ticks()
+        n = _node("energy", ticks, DAY0)
+        out, flagged = [], []
+        _walk(n, ticks, 60, {10: lambda: n.on_frame(time_frame(ms)),
+                             30: lambda: step(n, ticks, 0)}, out, flagged)
+        assert n.clock.steps == (2 if taken else 0) and n.rx_rejects == (0 if taken else 1), (
+            ms, n.clock.steps, n.rx_rejects)
+        # refused: every second of the true time; taken: undone at 3 s, the true time from 3
+        # (2 went ahead: a gap)
+        want = [0, 1, 3, 4, 5] if taken else [0, 1, 2, 3, 4, 5]
+        assert [t - t0 for t in out if t < t0 + 100] == want, (
+            ms, [t - t0 for t in out if t < t0 + 100])
+
+
 def test_an_interval_shortened_mid_interval_invents_no_intervals_already_measured():
     # 60 s -> 1 s at 30.0 s in: the 60 s interval in progress ends where the 1 s grid goes on;
     # the seconds it measured are not closed again as 1 s intervals of their own (empty ones)
