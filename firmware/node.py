@@ -416,6 +416,9 @@ class Node:
                 s -= (s + self._phase) % self.interval
                 if self.gap_lo <= s < self.gap_hi:
                     self._undo(s)
+                elif s < self.gap_lo < self.gap_hi and self.gap_lo <= s + self.interval:
+                    self._undo(self.gap_lo)  # on the start closed at the step forward (the
+                    # gateway set right within that interval): held to the gap's first only
                 # a reboot must not reopen earlier intervals
                 _write_int("floor", self.epoch_s(self.floor))
             else:

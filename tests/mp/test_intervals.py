@@ -592,19 +592,25 @@ def test_a_reset_while_ahead_keeps_the_undo():
     assert true[-1] >= 9, true
 
 
+def _stepped(tenths, shifts):
+    """A node walked for tenths of a second, a time frame from a gateway shift_ms ahead at each
+    {tenth: shift_ms}: the node, its starts since t0 and the flagged ones (epoch s)."""
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    out, flagged = [], []
+    ev = dict((k, (lambda sh: lambda: step(n, ticks, sh))(v)) for k, v in shifts.items())
+    _walk(n, ticks, tenths, ev, out, flagged)
+    return n, [t - _grid(DAY0) for t in out], flagged
+
+
 def test_a_year_ahead_set_back_partway_then_right_goes_on_at_true_time():
     # a gateway a year ahead at 3 s, corrected to half a year ahead at 6 s (into the gap: undone
     # to there), then set right at 10 s: the true time goes on at once, not half a year later;
     # no start twice, and the never-emitted starts between the two stretches are not skipped
-    ticks = Ticks()
-    n = _node("energy", ticks, DAY0)
-    out, flagged = [], []
     half = YEAR_MS // 2
-    _walk(n, ticks, 200, {30: lambda: step(n, ticks, YEAR_MS), 60: lambda: step(n, ticks, half),
-                          100: lambda: step(n, ticks, 0)}, out, flagged)
+    n, rel, flagged = _stepped(200, {30: YEAR_MS, 60: half, 100: 0})
     t0 = _grid(DAY0)
-    rel = [t - t0 for t in out]
-    assert len(out) == len(set(out)), [t for t in rel if rel.count(t) > 1]
+    assert len(rel) == len(set(rel)), [t for t in rel if rel.count(t) > 1]
     h = half // 1000
     assert [t for t in rel if h <= t < h + 200] == [h + 6, h + 7, h + 8, h + 9, h + 10], (
         [t - h for t in rel if h <= t < h + 200])
@@ -614,6 +620,18 @@ def test_a_year_ahead_set_back_partway_then_right_goes_on_at_true_time():
     # half a year on, the true clock reaches the starts between the stretches: not skipped
     for t in (h + 12, h + 1000, YEAR_MS // 1000 - 200):
         assert n.next_interval(t0 + t - 1 - n.clock.base) == t0 + t - n.clock.base, t
+
+
+def test_a_year_ahead_undone_within_the_interval_it_began_in_goes_on_at_the_next_start():
+    # the gateway corrects itself within the interval in which it stepped the node ahead (a
+    # quick NTP re-sync; at 60 s intervals, within the minute): the step back lands on the
+    # start closed at the step forward, just before the gap; it undoes the step at the gap's
+    # first, as a step back into it does, instead of holding the year
+    n, rel, flagged = _stepped(150, {30: YEAR_MS, 35: 0})
+    assert len(rel) == len(set(rel)), rel
+    true = [t for t in rel if t < 10 ** 6]
+    assert true == list(range(0, true[-1] + 1)) and true[-1] >= 13, true
+    assert len(flagged) == 120 and n.gap_lo == n.gap_hi, (len(flagged), n.gap_lo, n.gap_hi)
 
 
 if __name__ == "__main__":
