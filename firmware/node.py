@@ -48,17 +48,26 @@ def _read_int(path, default=0):
         return default
 
 
-def _read_pair(path, base):
-    """Two epoch seconds kept in flash, as seconds since base: (0, 0), an empty range, when
-    missing or beyond small ints."""
+def _read_gap(base):
+    """The gap (`gap`: "lo hi top"): its range, and the first start its step emitted ahead
+    (top; hi when two numbers are kept, as before): (0, 0, 0) when missing or damaged."""
     try:
-        with open(path) as f:
-            a, b = [int(x) - base for x in f.read().split()]
+        with open("gap") as f:
+            v = [int(x) - base for x in f.read().split()]
     except (OSError, ValueError):
-        return 0, 0
-    if -SPAN <= a <= b <= SPAN:
-        return a, b
-    return 0, 0
+        return 0, 0, 0
+    if len(v) == 2:
+        v.append(v[1])
+    if len(v) == 3 and -SPAN <= v[0] <= v[1] <= v[2] <= SPAN:
+        return v[0], v[1], v[2]
+    return 0, 0, 0
+
+
+def _write_gap(lo, hi, top):
+    with open("gap.new", "w") as f:
+        f.write("%d %d %d" % (lo, hi, top))
+    import os
+    os.rename("gap.new", "gap")
 
 
 def _read_ranges(path, base):
@@ -249,7 +258,9 @@ class Node:
         # first flagged) is a gap (a step beyond LEAP_FILL), the rest is flagged
         # the starts the last step beyond the fill left unflagged, never emitted: a step back
         # into them undoes that step (docs/node.md, "Clock")
-        self.gap_lo, self.gap_hi = _read_pair("gap", self.clock.base)
+        # (gap_top: the first start that step emitted ahead, its fill's first: the gap ends
+        # before it where a stretch undone earlier lies between them)
+        self.gap_lo, self.gap_hi, self.gap_top = _read_gap(self.clock.base)
         # starts emitted while the clock ran ahead, and since undone: skipped when the clock
         # gets there (a walker still among them goes on at resume, the true time's start)
         # (in time order, apart: a stretch ahead undone, corrected partway and undone again
@@ -365,14 +376,21 @@ class Node:
         """The start of the interval after the one starting at s (past a step's unfilled leap,
         and past the starts a clock run ahead emitted)."""
         n = s + self.interval - (s + self._phase) % self.interval
-        for lo, mid, _hi in self.leaps:
-            if lo <= n < mid:
-                return mid
         h = self.ahead_end(s)
         if h is not None:  # a task closing them after the undo: the last goes on at the true
-            return n if n < h else (h if self.resume is None else self.resume)  # time
-        h = self.ahead_end(n)
-        return n if h is None else h
+            if n < h:  # time
+                return n
+            n = h if self.resume is None else self.resume
+        m = None
+        while m != n:  # a leap's end may lie at a stretch's start and the other way round
+            m = n
+            for lo, mid, _hi in self.leaps:
+                if lo <= n < mid:
+                    n = mid
+            h = self.ahead_end(n)
+            if h is not None:
+                n = h
+        return n
 
     def ahead_end(self, s):
         """The end of the undone stretch ahead holding start s, None if none does."""
@@ -438,17 +456,17 @@ class Node:
                             g_hi = a_lo
                     self._leap(lo, mid, hi)
                     if g_lo < g_hi:  # never emitted: a step back into them undoes this one
-                        self.gap_lo, self.gap_hi = g_lo, g_hi
-                        _write_pair("gap", self.epoch_s(g_lo), self.epoch_s(g_hi))
+                        self.gap_lo, self.gap_hi, self.gap_top = g_lo, g_hi, mid
+                        _write_gap(self.epoch_s(g_lo), self.epoch_s(g_hi), self.epoch_s(mid))
 
     def _undo(self, s):
         """A step back to s, among the starts the last step beyond the fill left unemitted: that
         step was wrong (a gateway clock run ahead, set right). The interval in progress closes
         under its own start, as at a step forward, and every task goes on at s; the starts
-        emitted ahead, [gap_hi, the interval in progress's end), are skipped when the clock
+        emitted ahead, [gap_top, the interval in progress's end), are skipped when the clock
         gets there, and those from the leap's first to s stay a gap."""
         f = self.floor
-        lo, hi = self.gap_hi, f + self.interval - (f + self._phase) % self.interval
+        lo, hi = self.gap_top, f + self.interval - (f + self._phase) % self.interval
         # the earlier undos' ranges and this one, in order; touching ones merge
         rs = []  # type: list
         for a in sorted(self.aheads + [(lo, hi)] if lo < hi else self.aheads):
@@ -471,8 +489,11 @@ class Node:
             self._leap(self.gap_lo, s, s)
         # the starts from the gap's first to s stay never emitted: a step back among them (a
         # correction partway, then the true time) undoes this stretch too
-        self.gap_hi = max(self.gap_lo, s)
-        _write_pair("gap", self.epoch_s(self.gap_lo), self.epoch_s(self.gap_hi))
+        self.gap_hi = self.gap_top = max(self.gap_lo, s)
+        if self.gap_lo < s:
+            _write_gap(self.epoch_s(self.gap_lo), self.epoch_s(s), self.epoch_s(s))
+        else:
+            _write_pair("gap", 0, 0)
         self.floor = s
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go

@@ -634,6 +634,36 @@ def test_a_year_ahead_undone_within_the_interval_it_began_in_goes_on_at_the_next
     assert len(flagged) == 120 and n.gap_lo == n.gap_hi, (len(flagged), n.gap_lo, n.gap_hi)
 
 
+def test_a_month_ahead_after_an_undone_stretch_undone_skips_only_what_went_ahead():
+    # 200 s ahead at 5.2 s, set right at 6.8 s (85..206 emitted ahead, skipped later), 30 days
+    # ahead at 9.1 s (its gap stops at 85: 10..84), set right at 11.5 s: what that stretch
+    # emitted is its 120 flagged starts before 30 days and on; the true starts between 207 and
+    # those never went out, and are not skipped (a found case of a fuzzed attack: they were,
+    # one range from 85 to 30 days on, and a walk among the first range's starts at the undo
+    # closed them one by one: a MemoryError in the walk)
+    n, rel, flagged = _stepped(2600, {52: 200000, 68: 0, 91: 30 * 86400000, 115: 0})
+    assert len(rel) == len(set(rel)), [t for t in rel if rel.count(t) > 1][:5]
+    true = [t for t in rel if t < 10 ** 6]
+    i = true.index(11)
+    assert true[i:] == list(range(11, 85)) + list(range(207, true[-1] + 1)), true[i:][70:80]
+    assert true[-1] >= 259 and len(flagged) == 240, (true[-1], len(flagged))
+
+
+def test_a_gap_starting_where_an_undone_stretch_ends_is_skipped_by_the_walks():
+    # a fuzzed gateway: 3 s ahead and back, half a year ahead, to 200 s ahead, to 3 s ahead,
+    # right (each an undo), then 30 days ahead at 15.6 s: the walk past the start in progress
+    # skips the undone stretch 16..17 to 18, which is the new gap's first; set right at 17.0 s
+    # (on the start just before the gap: undone at 18). The walk closed 18 as the stretch's
+    # end and then again at the true time (18 twice); a leap's first reached by a skip, or a
+    # stretch reached by a leap's end, is skipped now too
+    n, rel, flagged = _stepped(600, {36: 3000, 56: 0, 95: 15768000000, 103: 200000, 139: 3000,
+                                     141: 0, 156: 30 * 86400000, 170: 0})
+    assert len(rel) == len(set(rel)), [t for t in rel if rel.count(t) > 1]
+    true = [t for t in rel if t < 10 ** 6]
+    i = true.index(14)
+    assert true[i:] == [14, 15] + list(range(18, true[-1] + 1)) and true[-1] >= 59, true[i:]
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
