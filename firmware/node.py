@@ -414,7 +414,12 @@ class Node:
         has walked past it (dropped sooner, a task lagging behind a burst of steps closed its gap
         one by one as empty intervals); beyond LEAPS the oldest two merge: the measured
         intervals between them are a gap then, never a flood nor a record set invented."""
-        oldest = min(w.start for w in self.walkers) if self.walkers else hi
+        oldest = hi
+        for w in self.walkers:  # one among the stretches ahead goes back to resume after them
+            st = w.start
+            if self.resume is not None and self.ahead_end(st) is not None:
+                st = min(st, self.resume)
+            oldest = min(oldest, st)
         leaps = [x for x in self.leaps if x[2] > oldest]
         leaps.append((lo, mid, hi))
         leaps.sort()  # in time order (an undone step leaves leaps ahead of the clock)

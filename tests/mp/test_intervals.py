@@ -664,6 +664,27 @@ def test_a_gap_starting_where_an_undone_stretch_ends_is_skipped_by_the_walks():
     assert true[i:] == [14, 15] + list(range(18, true[-1] + 1)) and true[-1] >= 59, true[i:]
 
 
+def test_a_walk_lagging_among_undone_starts_keeps_the_leaps_it_goes_back_over():
+    # a fuzzed gateway: a year ahead at 1.4 s, right at 5.4 s (undone; a second walk stalled
+    # from 5.1 s to 10.5 s, among the year's starts), 30 days ahead at 8.3 s, a year ahead at
+    # 9.5 s. The stalled walk goes back to the undo's start once past the starts ahead, behind
+    # the 30-day leap, which the step at 9.5 s had dropped (every walk seemed past it): it
+    # closed every start from 5 to the held year one by one (a MemoryError in the walk)
+    ticks = Ticks()
+    n = _node("energy", ticks, DAY0)
+    b = node.Intervals(n)
+    out, flagged, late = [], [], []
+    shifts = {14: YEAR_MS, 54: 0, 83: 30 * 86400000, 95: YEAR_MS}
+    for k in range(150):
+        if k in shifts:
+            step(n, ticks, shifts[k])
+        ticks.add(100)
+        while not 51 <= k < 105 and b.ended() and len(late) < 1000:
+            late.append(n.epoch_s(b.start))
+            b.close(None)
+    assert len(late) < 1000 and len(late) == len(set(late)), (len(late), len(set(late)))
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
