@@ -267,6 +267,8 @@ class Node:
         # leaves two, and the never-emitted starts between them are not skipped)
         self.aheads = _read_ranges("ahead", self.clock.base)
         self.resume = None  # None: a walker among them goes on at the range's end
+        self.back_lo = self.back_hi = 0  # the stretch the last undo left (merged or not):
+        # a walker in it goes on at resume after its end, not after the merged range's
         self.walkers = []  # every task's Intervals: a leap is kept until all have passed it
         self.ticks_ms = ticks_ms
         self.started = ticks_ms()
@@ -376,7 +378,7 @@ class Node:
         """The start of the interval after the one starting at s (past a step's unfilled leap,
         and past the starts a clock run ahead emitted)."""
         n = s + self.interval - (s + self._phase) % self.interval
-        h = self.ahead_end(s)
+        h = self.back_hi if self.back_lo <= s < self.back_hi else self.ahead_end(s)
         if h is not None:  # a task closing them after the undo: the last goes on at the true
             if n < h:  # time
                 return n
@@ -482,7 +484,7 @@ class Node:
         while len(rs) > AHEADS:  # the two nearest become one (its starts between: skipped)
             k = min(range(len(rs) - 1), key=lambda i: rs[i + 1][0] - rs[i][1])
             rs[k:k + 2] = [(rs[k][0], rs[k + 1][1])]
-        self.aheads, self.resume = rs, s
+        self.aheads, self.resume, self.back_lo, self.back_hi = rs, s, lo, hi
         with open("ahead.new", "w") as fl:
             fl.write(" ".join("%d %d" % (self.epoch_s(a), self.epoch_s(b)) for a, b in rs))
         import os

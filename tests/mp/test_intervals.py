@@ -685,6 +685,17 @@ def test_a_walk_lagging_among_undone_starts_keeps_the_leaps_it_goes_back_over():
     assert len(late) < 1000 and len(late) == len(set(late)), (len(late), len(set(late)))
 
 
+def test_two_undos_a_second_apart_repeat_no_start_of_the_first_stretch():
+    # 125 s ahead at 3.1 s (gap 4..7, 8..127 flagged), 3 s ahead at 4.2 s (undone at 7: the
+    # stretch 8..129 is skipped later), right at 4.4 s (undone at 4: the stretch 7, touching
+    # the first, one range 7..129 with it). The walk in the interval 7 at the second undo
+    # closed the rest of that merged range, the first stretch's 8..129, again: it goes on at 4
+    n, rel, flagged = _stepped(1400, {31: 125000, 42: 3000, 44: 0})
+    assert len(rel) == len(set(rel)), [t for t in rel if rel.count(t) > 1][:5]
+    assert rel == [0, 1, 2, 3] + list(range(8, 130)) + [7, 4, 5, 6] + list(
+        range(130, rel[-1] + 1)) and rel[-1] >= 135, rel[-12:]
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
