@@ -696,6 +696,47 @@ def test_two_undos_a_second_apart_repeat_no_start_of_the_first_stretch():
         range(130, rel[-1] + 1)) and rel[-1] >= 135, rel[-12:]
 
 
+def test_a_fuzzed_gateway_clock_repeats_no_start_in_any_walk():
+    # 800 seeded runs: 2 to 7 random steps (0, 3 s, 125 s, 200 s, 10 min back, 30 days, half a
+    # year, a year ahead of the true time), then right; two walks, one stalled for a random
+    # stretch; a reset in some. Each run: no start twice in a walk, none closing 5000, at most
+    # LEAP_FILL flagged per step. Before the four fixes above, seed 0 flooded a walk (5000) and
+    # 137, 421, 642 repeated a start or flooded one
+    import random
+    shifts = (0, 0, YEAR_MS, YEAR_MS // 2, 125000, -600000, 3000, 200000, 30 * 86400000)
+    for seed in range(800):
+        random.seed(seed)
+        ticks = Ticks()
+        n = _node("energy", ticks, DAY0, interval=random.choice((1, 1, 2, 5)))
+        walks = [node.Intervals(n), node.Intervals(n)]
+        outs, flags = ([], []), ([], [])
+        ev, k = {}, 10
+        for _ in range(random.randint(2, 7)):
+            k += random.randint(1, 40)
+            ev[k] = random.choice(shifts)
+        ev[k + random.randint(1, 30)] = 0
+        lag = random.randint(0, k)
+        lag_end = lag + random.randint(0, 200)
+        boot = random.randint(0, k + 50) if random.random() < 0.3 else -1
+        for t in range(k + 400):
+            if t in ev:
+                step(n, ticks, ev[t])
+            if t == boot:
+                n = _reboot(n, ticks, n.epoch_ms())
+                walks = [node.Intervals(n), node.Intervals(n)]
+            ticks.add(100)
+            for j in (0, 1):
+                while (j == 0 or not lag <= t < lag_end) and walks[j].ended() and len(
+                        outs[j]) < 5000:
+                    outs[j].append(n.epoch_s(walks[j].start))
+                    if n.leapt(walks[j].start):
+                        flags[j].append(outs[j][-1])
+                    walks[j].close(None)
+        for out, fl in zip(outs, flags):
+            assert len(out) < 5000 and len(out) == len(set(out)), (seed, len(out), ev)
+            assert len(fl) <= node.LEAP_FILL * len(ev), (seed, len(fl), ev)
+
+
 if __name__ == "__main__":
     import mptest
     mptest.run(globals())
