@@ -29,11 +29,13 @@ TIME_WAIT_MS = const(5000)
 STEP_MS = const(2000)  # a clock error beyond this is stepped, a smaller one slewed
 SLEW_SHIFT = const(8)  # slew by at most 1/256 of the time elapsed (3.9 ms per second)
 PLAUSIBLE_MS = 1704067200000  # 2024-01-01: an RTC behind this was never set
+FUTURE_MS = 4102444800000  # 2100-01-01: a time frame from this on is refused (docs/node.md)
 CRASH_BOOTS = const(3)
 LEAP_FILL = const(120)  # a step forward fills at most this many leapt intervals (docs/node.md)
 SPAN = const(0x1FFFFFFF)  # clock seconds kept within small ints either side of the base
 INTERVAL_MAX = const(86400)  # an interval command beyond a day is refused, as the gateway does
 LEAPS = const(8)  # leaps kept while a task lags behind them
+AHEADS = const(4)  # undone stretches ahead kept apart (beyond, the two nearest merge)
 LEAPT = [("clock_leapt", "count", 1)]  # the record of an interval the clock stepped over
 RX_FRAME = const(256)  # the longest downlink frame kept (COBS bytes)
 
@@ -46,17 +48,45 @@ def _read_int(path, default=0):
         return default
 
 
-def _read_pair(path, base):
-    """Two epoch seconds kept in flash, as seconds since base: (0, 0), an empty range, when
-    missing or beyond small ints."""
+def _read_gap(base):
+    """The gap (`gap`: "lo hi top"): its range, and the first start its step emitted ahead
+    (top; hi when two numbers are kept, as before): (0, 0, 0) when missing or damaged."""
+    try:
+        with open("gap") as f:
+            v = [int(x) - base for x in f.read().split()]
+    except (OSError, ValueError):
+        return 0, 0, 0
+    if len(v) == 2:
+        v.append(v[1])
+    if len(v) == 3 and -SPAN <= v[0] <= v[1] <= v[2] <= SPAN:
+        return v[0], v[1], v[2]
+    return 0, 0, 0
+
+
+def _write_gap(lo, hi, top):
+    with open("gap.new", "w") as f:
+        f.write("%d %d %d" % (lo, hi, top))
+    import os
+    os.rename("gap.new", "gap")
+
+
+def _read_ranges(path, base):
+    """Ranges [lo, hi) of epoch seconds kept in flash as "lo hi lo hi ...", as seconds since
+    base, in order and apart: none when missing, damaged or beyond small ints."""
     try:
         with open(path) as f:
-            a, b = [int(x) - base for x in f.read().split()]
+            v = [int(x) - base for x in f.read().split()]
     except (OSError, ValueError):
-        return 0, 0
-    if -SPAN <= a <= b <= SPAN:
-        return a, b
-    return 0, 0
+        return []
+    if len(v) % 2 or len(v) > 2 * AHEADS:
+        return []
+    out = []  # type: list
+    for i in range(0, len(v), 2):
+        a, b = v[i], v[i + 1]
+        if not (-SPAN <= a < b <= SPAN) or (out and a <= out[-1][1]):
+            return []
+        out.append((a, b))
+    return out
 
 
 def _write_pair(path, a, b):
@@ -228,11 +258,17 @@ class Node:
         # first flagged) is a gap (a step beyond LEAP_FILL), the rest is flagged
         # the starts the last step beyond the fill left unflagged, never emitted: a step back
         # into them undoes that step (docs/node.md, "Clock")
-        self.gap_lo, self.gap_hi = _read_pair("gap", self.clock.base)
+        # (gap_top: the first start that step emitted ahead, its fill's first: the gap ends
+        # before it where a stretch undone earlier lies between them)
+        self.gap_lo, self.gap_hi, self.gap_top = _read_gap(self.clock.base)
         # starts emitted while the clock ran ahead, and since undone: skipped when the clock
         # gets there (a walker still among them goes on at resume, the true time's start)
-        self.ahead_lo, self.ahead_hi = _read_pair("ahead", self.clock.base)
-        self.resume = self.ahead_hi
+        # (in time order, apart: a stretch ahead undone, corrected partway and undone again
+        # leaves two, and the never-emitted starts between them are not skipped)
+        self.aheads = _read_ranges("ahead", self.clock.base)
+        self.resume = None  # None: a walker among them goes on at the range's end
+        self.back_lo = self.back_hi = 0  # the stretch the last undo left (merged or not):
+        # a walker in it goes on at resume after its end, not after the merged range's
         self.walkers = []  # every task's Intervals: a leap is kept until all have passed it
         self.ticks_ms = ticks_ms
         self.started = ticks_ms()
@@ -330,8 +366,9 @@ class Node:
         interval runs on until the clock passes its end."""
         s = self.clock.tick()
         s -= (s + self._phase) % self.interval
-        if self.ahead_lo <= s < self.ahead_hi:  # emitted while the clock ran ahead
-            s = self.ahead_hi
+        h = self.ahead_end(s)
+        if h is not None:  # emitted while the clock ran ahead
+            s = h
         if s < self.floor:
             return self.floor
         self.floor = s
@@ -341,14 +378,28 @@ class Node:
         """The start of the interval after the one starting at s (past a step's unfilled leap,
         and past the starts a clock run ahead emitted)."""
         n = s + self.interval - (s + self._phase) % self.interval
-        for lo, mid, _hi in self.leaps:
-            if lo <= n < mid:
-                return mid
-        if self.ahead_lo <= s < self.ahead_hi:  # a task closing them after the undo: the
-            return n if n < self.ahead_hi else self.resume  # last goes on at the true time
-        if self.ahead_lo <= n < self.ahead_hi:
-            return self.ahead_hi
+        h = self.back_hi if self.back_lo <= s < self.back_hi else self.ahead_end(s)
+        if h is not None:  # a task closing them after the undo: the last goes on at the true
+            if n < h:  # time
+                return n
+            n = h if self.resume is None else self.resume
+        m = None
+        while m != n:  # a leap's end may lie at a stretch's start and the other way round
+            m = n
+            for lo, mid, _hi in self.leaps:
+                if lo <= n < mid:
+                    n = mid
+            h = self.ahead_end(n)
+            if h is not None:
+                n = h
         return n
+
+    def ahead_end(self, s):
+        """The end of the undone stretch ahead holding start s, None if none does."""
+        for lo, hi in self.aheads:
+            if lo <= s < hi:
+                return hi
+        return None
 
     def epoch_s(self, s):
         return self.clock.base + s
@@ -365,7 +416,12 @@ class Node:
         has walked past it (dropped sooner, a task lagging behind a burst of steps closed its gap
         one by one as empty intervals); beyond LEAPS the oldest two merge: the measured
         intervals between them are a gap then, never a flood nor a record set invented."""
-        oldest = min(w.start for w in self.walkers) if self.walkers else hi
+        oldest = hi
+        for w in self.walkers:  # one among the stretches ahead goes back to resume after them
+            st = w.start
+            if self.resume is not None and self.ahead_end(st) is not None:
+                st = min(st, self.resume)
+            oldest = min(oldest, st)
         leaps = [x for x in self.leaps if x[2] > oldest]
         leaps.append((lo, mid, hi))
         leaps.sort()  # in time order (an undone step leaves leaps ahead of the clock)
@@ -385,6 +441,9 @@ class Node:
                 s -= (s + self._phase) % self.interval
                 if self.gap_lo <= s < self.gap_hi:
                     self._undo(s)
+                elif s < self.gap_lo < self.gap_hi and self.gap_lo <= s + self.interval:
+                    self._undo(self.gap_lo)  # on the start closed at the step forward (the
+                    # gateway set right within that interval): held to the gap's first only
                 # a reboot must not reopen earlier intervals
                 _write_int("floor", self.epoch_s(self.floor))
             else:
@@ -392,17 +451,20 @@ class Node:
                 hi = self.interval_start()
                 if lo < hi:  # every task closes these in turn, flagged (docs/node.md, "Clock")
                     mid = max(lo, hi - LEAP_FILL * self.interval)
-                    g_lo, g_hi = lo, mid
-                    if lo < self.ahead_hi and self.ahead_lo < hi:  # back over an undone stretch:
-                        mid = max(mid, min(hi, self.ahead_hi))  # its starts are not flagged
-                        if self.ahead_lo > lo:  # nor taken for never emitted
-                            g_hi = min(mid, self.ahead_lo)
-                        else:
-                            g_lo, g_hi = self.ahead_hi, mid
+                    g_lo = lo
+                    for a_lo, a_hi in self.aheads:  # back over undone stretches: their starts
+                        if lo < a_hi and a_lo < hi:  # are not flagged
+                            mid = max(mid, min(hi, a_hi))
+                            if a_lo <= lo:
+                                g_lo = a_hi
+                    g_hi = mid
+                    for a_lo, _a_hi in self.aheads:  # nor taken for never emitted
+                        if g_lo <= a_lo < g_hi:
+                            g_hi = a_lo
                     self._leap(lo, mid, hi)
                     if g_lo < g_hi:  # never emitted: a step back into them undoes this one
-                        self.gap_lo, self.gap_hi = g_lo, g_hi
-                        _write_pair("gap", self.epoch_s(g_lo), self.epoch_s(g_hi))
+                        self.gap_lo, self.gap_hi, self.gap_top = g_lo, g_hi, mid
+                        _write_gap(self.epoch_s(g_lo), self.epoch_s(g_hi), self.epoch_s(mid))
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go
 
@@ -410,21 +472,37 @@ class Node:
         """A step back to s, among the starts the last step beyond the fill left unemitted: that
         step was wrong (a gateway clock run ahead, set right). The interval in progress closes
         under its own start, as at a step forward, and every task goes on at s; the starts
-        emitted ahead, [gap_hi, the interval in progress's end), are skipped when the clock
+        emitted ahead, [gap_top, the interval in progress's end), are skipped when the clock
         gets there, and those from the leap's first to s stay a gap."""
         f = self.floor
-        lo, hi = self.gap_hi, f + self.interval - (f + self._phase) % self.interval
-        if s < self.ahead_lo < self.ahead_hi:  # an earlier undo's, still ahead: one range
-            lo, hi = min(lo, self.ahead_lo), max(hi, self.ahead_hi)  # holds both
-        self.ahead_lo, self.ahead_hi, self.resume = lo, hi, s
-        _write_pair("ahead", self.epoch_s(self.ahead_lo), self.epoch_s(self.ahead_hi))
+        lo, hi = self.gap_top, f + self.interval - (f + self._phase) % self.interval
+        # the earlier undos' ranges and this one, in order; touching ones merge
+        rs = []  # type: list
+        for a in sorted(self.aheads + [(lo, hi)] if lo < hi else self.aheads):
+            if rs and a[0] <= rs[-1][1]:
+                rs[-1] = (rs[-1][0], max(rs[-1][1], a[1]))
+            else:
+                rs.append(a)
+        while len(rs) > AHEADS:  # the two nearest become one (its starts between: skipped)
+            k = min(range(len(rs) - 1), key=lambda i: rs[i + 1][0] - rs[i][1])
+            rs[k:k + 2] = [(rs[k][0], rs[k + 1][1])]
+        self.aheads, self.resume, self.back_lo, self.back_hi = rs, s, lo, hi
+        with open("ahead.new", "w") as fl:
+            fl.write(" ".join("%d %d" % (self.epoch_s(a), self.epoch_s(b)) for a, b in rs))
+        import os
+        os.rename("ahead.new", "ahead")
         # the undone leap's flagged starts lie ahead now, among the skipped ones: no flags
         # when the clock gets there; a task still behind it skips the starts to s
         self.leaps = [x for x in self.leaps if not x[0] <= s < x[2]]
         if self.gap_lo < s:
             self._leap(self.gap_lo, s, s)
-        self.gap_lo = self.gap_hi = 0
-        _write_pair("gap", 0, 0)
+        # the starts from the gap's first to s stay never emitted: a step back among them (a
+        # correction partway, then the true time) undoes this stretch too
+        self.gap_hi = self.gap_top = max(self.gap_lo, s)
+        if self.gap_lo < s:
+            _write_gap(self.epoch_s(self.gap_lo), self.epoch_s(s), self.epoch_s(s))
+        else:
+            _write_pair("gap", 0, 0)
         self.floor = s
 
     # --- records ---------------------------------------------------------------------------
@@ -494,7 +572,7 @@ class Node:
         self.gw_seq = seq
         _write_int("gwseq", seq)  # before acting on it: a reboot must not take it again
         if kind == link.TIME:
-            if isinstance(body, int) and body >= PLAUSIBLE_MS:
+            if isinstance(body, int) and PLAUSIBLE_MS <= body < FUTURE_MS:
                 self.set_time(body)
             else:  # a gateway booted without its clock (a Pi has no RTC: 1970)
                 self.rx_rejects += 1
@@ -769,7 +847,7 @@ class Intervals:
         a step back undid that: docs/node.md, "Clock")."""
         n = self.node
         s = self.start
-        return s < n.interval_start() or n.ahead_lo <= s < n.ahead_hi
+        return s < n.interval_start() or n.ahead_end(s) is not None
 
     def late(self):
         """More than that one has ended."""
