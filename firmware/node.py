@@ -63,13 +63,6 @@ def _read_gap(base):
     return 0, 0, 0
 
 
-def _write_gap(lo, hi, top):
-    with open("gap.new", "w") as f:
-        f.write("%d %d %d" % (lo, hi, top))
-    import os
-    os.rename("gap.new", "gap")
-
-
 def _read_ranges(path, base):
     """Ranges [lo, hi) of epoch seconds kept in flash as "lo hi lo hi ...", as seconds since
     base, in order and apart: none when missing, damaged or beyond small ints."""
@@ -89,25 +82,23 @@ def _read_ranges(path, base):
     return out
 
 
-def _write_pair(path, a, b):
-    """Two epoch seconds, or none (a == b: the file goes)."""
+def _write_text(path, text):
+    """A small flash file replaced whole: written aside, then renamed over the old one (a power
+    cut leaves the one or the other). "" removes it."""
     import os
-    if a == b:
+    if not text:
         try:
             os.remove(path)
         except OSError:
             pass
         return
     with open(path + ".new", "w") as f:
-        f.write("%d %d" % (a, b))
+        f.write(text)
     os.rename(path + ".new", path)
 
 
 def _write_int(path, value):
-    with open(path + ".new", "w") as f:
-        f.write(str(value))
-    import os
-    os.rename(path + ".new", path)
+    _write_text(path, str(value))
 
 
 def _random30():
@@ -306,10 +297,7 @@ class Node:
             self.seq.raise_to(fl)  # should the seq file be older than the epoch file
 
     def _write_epoch(self, e, floor, seg, off):
-        with open("epoch.new", "w") as f:
-            f.write("%d %d %d %d" % (e, floor, seg, off))
-        import os
-        os.rename("epoch.new", "epoch")
+        _write_text("epoch", "%d %d %d %d" % (e, floor, seg, off))
 
     def take_floor(self, body):
         """The gateway's SEQ frame: {"epoch", "floor"}. A floor for another epoch is a replay
@@ -464,7 +452,8 @@ class Node:
                     self._leap(lo, mid, hi)
                     if g_lo < g_hi:  # never emitted: a step back into them undoes this one
                         self.gap_lo, self.gap_hi, self.gap_top = g_lo, g_hi, mid
-                        _write_gap(self.epoch_s(g_lo), self.epoch_s(g_hi), self.epoch_s(mid))
+                        _write_text("gap", "%d %d %d" % (self.epoch_s(g_lo), self.epoch_s(g_hi),
+                                                         self.epoch_s(mid)))
         if not self.pending:
             self.timed.set()  # the gateway has answered: time, and where our numbers go
 
@@ -487,10 +476,7 @@ class Node:
             k = min(range(len(rs) - 1), key=lambda i: rs[i + 1][0] - rs[i][1])
             rs[k:k + 2] = [(rs[k][0], rs[k + 1][1])]
         self.aheads, self.resume, self.back_lo, self.back_hi = rs, s, lo, hi
-        with open("ahead.new", "w") as fl:
-            fl.write(" ".join("%d %d" % (self.epoch_s(a), self.epoch_s(b)) for a, b in rs))
-        import os
-        os.rename("ahead.new", "ahead")
+        _write_text("ahead", " ".join("%d %d" % (self.epoch_s(a), self.epoch_s(b)) for a, b in rs))
         # the undone leap's flagged starts lie ahead now, among the skipped ones: no flags
         # when the clock gets there; a task still behind it skips the starts to s
         self.leaps = [x for x in self.leaps if not x[0] <= s < x[2]]
@@ -500,9 +486,10 @@ class Node:
         # correction partway, then the true time) undoes this stretch too
         self.gap_hi = self.gap_top = max(self.gap_lo, s)
         if self.gap_lo < s:
-            _write_gap(self.epoch_s(self.gap_lo), self.epoch_s(s), self.epoch_s(s))
+            _write_text("gap", "%d %d %d" % (self.epoch_s(self.gap_lo), self.epoch_s(s),
+                                             self.epoch_s(s)))
         else:
-            _write_pair("gap", 0, 0)
+            _write_text("gap", "")
         self.floor = s
 
     # --- records ---------------------------------------------------------------------------
@@ -883,10 +870,7 @@ class Intervals:
 
 
 def save_config(cfg, path="node.json"):
-    with open(path + ".new", "w") as f:
-        json.dump(cfg, f)
-    import os
-    os.rename(path + ".new", path)
+    _write_text(path, json.dumps(cfg))
 
 
 def load_config(path="node.json"):
